@@ -1,0 +1,71 @@
+"""Text tower of OpenAI CLIP: causal transformer over BPE tokens, pooled at the end-of-text token."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from clipjax.models.layers import Encoder, layer_norm
+
+Dtype = Any
+
+
+class TextTransformer(nn.Module):
+    """CLIP text encoder.
+
+    `__call__(tokens)` takes int32 token ids [B, L] (L <= context_length, zero-padded, from
+    `clipjax.tokenizer.tokenize`) and returns a dict:
+      embedding  [B, embed_dim]  projection of the end-of-text token's feature (not L2-normalised)
+      pooled     [B, width]      the end-of-text token's feature after ln_final
+      tokens     [B, L, width]   every token after ln_final
+      layers / attention         as in `VisionTransformer`
+    The end-of-text token is found as the largest id in each row: 49407 is the largest id in CLIP's
+    vocabulary, the trick OpenAI's implementation uses.
+    """
+
+    vocab_size: int
+    context_length: int
+    width: int
+    depth: int
+    num_heads: int
+    mlp_dim: int
+    embed_dim: int
+    act: str = "gelu"
+    remat: str = "none"
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(
+        self, tokens: jax.Array, return_layers: tuple[int, ...] = (), return_attention: bool = False
+    ) -> dict[str, Any]:
+        length = tokens.shape[1]
+        if length > self.context_length:
+            raise ValueError(f"{length} tokens per text exceed context_length {self.context_length}")
+        x = nn.Embed(
+            self.vocab_size,
+            self.width,
+            embedding_init=nn.initializers.normal(stddev=0.02),
+            dtype=self.dtype,
+            name="token_embed",
+        )(tokens)
+        pos = self.param("pos_embed", nn.initializers.normal(stddev=0.01), (self.context_length, self.width))
+        x = x + pos[:length].astype(x.dtype)
+        x, layers, attention = Encoder(
+            self.depth,
+            self.num_heads,
+            self.mlp_dim,
+            act=self.act,
+            causal=True,
+            remat=self.remat,
+            dtype=self.dtype,
+            name="encoder",
+        )(x, return_layers, return_attention)
+        x = layer_norm("ln_final", self.dtype)(x)
+        pooled = x[jnp.arange(x.shape[0]), jnp.argmax(tokens, axis=-1)]
+        embedding = nn.Dense(
+            self.embed_dim, use_bias=False, dtype=self.dtype, kernel_init=nn.initializers.xavier_uniform(), name="proj"
+        )(pooled)
+        return {"embedding": embedding, "pooled": pooled, "tokens": x, "layers": layers, "attention": attention}

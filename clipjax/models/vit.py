@@ -1,0 +1,72 @@
+"""Vision Transformer image tower in the CLIP layout (patch embedding, CLS token, ln_pre, blocks, ln_post)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from clipjax.models.layers import Encoder, layer_norm
+
+Dtype = Any
+
+
+class VisionTransformer(nn.Module):
+    """ViT image encoder.
+
+    `__call__(images)` takes float images [B, H, W, 3] (already normalised; H and W divisible by
+    `patch_size`) and returns a dict:
+      embedding  [B, embed_dim]  projected pooled feature (not L2-normalised), in `dtype`
+      pooled     [B, width]      CLS token ("cls") or mean of patch tokens ("mean") after ln_post
+      tokens     [B, 1 + N, width]  every token after ln_post; index 0 is CLS, N = (H/p) * (W/p)
+      layers     {block index: [B, 1 + N, width]}  raw outputs of the blocks in `return_layers`
+      attention  [[B, heads, 1 + N, 1 + N] float32 per block] when `return_attention`, else []
+      grid       (H/p, W/p)      the patch grid, to fold tokens back into feature maps
+    """
+
+    width: int
+    depth: int
+    num_heads: int
+    mlp_dim: int
+    patch_size: int
+    embed_dim: int
+    pool: str = "cls"
+    act: str = "gelu"
+    remat: str = "none"
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(
+        self, images: jax.Array, return_layers: tuple[int, ...] = (), return_attention: bool = False
+    ) -> dict[str, Any]:
+        p = self.patch_size
+        if images.shape[1] % p or images.shape[2] % p:
+            raise ValueError(f"image size {images.shape[1:3]} is not divisible by patch size {p}")
+        x = nn.Conv(
+            self.width, (p, p), strides=(p, p), padding="VALID", use_bias=False, dtype=self.dtype, name="patch_embed"
+        )(images.astype(self.dtype))
+        batch, gh, gw, _ = x.shape
+        x = x.reshape(batch, gh * gw, self.width)
+        init = nn.initializers.normal(stddev=0.02)
+        cls = self.param("cls_token", init, (self.width,)).astype(x.dtype)
+        x = jnp.concatenate([jnp.broadcast_to(cls, (batch, 1, self.width)), x], axis=1)
+        x = x + self.param("pos_embed", init, (1 + gh * gw, self.width)).astype(x.dtype)
+        x = layer_norm("ln_pre", self.dtype)(x)
+        x, layers, attention = Encoder(
+            self.depth, self.num_heads, self.mlp_dim, act=self.act, remat=self.remat, dtype=self.dtype, name="encoder"
+        )(x, return_layers, return_attention)
+        tokens = layer_norm("ln_post", self.dtype)(x)
+        pooled = tokens[:, 0] if self.pool == "cls" else tokens[:, 1:].mean(axis=1)
+        embedding = nn.Dense(
+            self.embed_dim, use_bias=False, dtype=self.dtype, kernel_init=nn.initializers.xavier_uniform(), name="proj"
+        )(pooled)
+        return {
+            "embedding": embedding,
+            "pooled": pooled,
+            "tokens": tokens,
+            "layers": layers,
+            "attention": attention,
+            "grid": (gh, gw),
+        }
