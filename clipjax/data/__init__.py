@@ -1,0 +1,1 @@
+"""Data sources, on-device transforms and grain pipelines."""
