@@ -1,0 +1,1 @@
+"""Evaluators: zero-shot classification (later: retrieval, classification, mIoU, depth, COCO)."""

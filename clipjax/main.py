@@ -1,0 +1,97 @@
+"""Command-line entry point.
+
+  python -m clipjax.main --config=configs/FILE.py[:ARGS] --workdir=DIR [--config.KEY=VALUE ...]
+
+Loads and validates the config (a bad key or value exits with status 2 and one line on stderr), builds
+the device mesh and runs `config.task` in DIR. Running the same command again resumes from DIR.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+USAGE = "usage: python -m clipjax.main --config=configs/FILE.py[:ARGS] --workdir=DIR [--config.KEY=VALUE ...]"
+
+
+def parse_command_line(argv: Sequence[str]) -> tuple[str, str, list[tuple[str, str]]]:
+    """Splits argv into (config spec, workdir, [(dotted key, value text), ...]).
+
+    Accepts `--flag=value` and `--flag value`. Raises ConfigError on anything else.
+    """
+    from clipjax.config import ConfigError
+
+    spec, workdir, overrides = None, None, []
+    args = list(argv)
+    while args:
+        arg = args.pop(0)
+        if not arg.startswith("--"):
+            raise ConfigError(f"unexpected argument {arg!r}; {USAGE}")
+        name, sep, value = arg[2:].partition("=")
+        if not sep:
+            if not args or args[0].startswith("--"):
+                raise ConfigError(f"--{name} needs a value; {USAGE}")
+            value = args.pop(0)
+        if name == "config":
+            spec = value
+        elif name == "workdir":
+            workdir = value
+        elif name.startswith("config."):
+            overrides.append((name[len("config.") :], value))
+        else:
+            raise ConfigError(f"unknown flag --{name}; {USAGE}")
+    if spec is None or workdir is None:
+        raise ConfigError(f"--config and --workdir are required; {USAGE}")
+    return spec, workdir, overrides
+
+
+def format_summary(task: str, workdir: str, summary: dict[str, Any]) -> str:
+    """The final report: every metric, then steps and wall time."""
+    lines = [f"clipjax {task} finished in {workdir}"]
+    for key in sorted(k for k in summary if "/" in k):
+        lines.append(f"  {key:<24} {summary[key]:.4f}" if summary[key] < 10 else f"  {key:<24} {summary[key]:,.1f}")
+    minutes, seconds = divmod(summary["wall_time_s"], 60)
+    lines.append(f"  {'steps':<24} {summary['steps']}")
+    lines.append(f"  {'wall time':<24} {int(minutes)}m{seconds:04.1f}s (compile {summary['compile_time_s']:.1f}s)")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the command line; returns the process exit status."""
+    argv = sys.argv[1:] if argv is None else argv
+    if any(arg in ("-h", "--help") for arg in argv):
+        print(__doc__.strip())
+        return 0
+    # Imported here so that --help and usage errors answer before JAX starts.
+    import jax
+
+    from clipjax.config import ConfigError, load_config
+    from clipjax.parallel import make_mesh
+    from clipjax.tasks import TASKS
+    from clipjax.validation import validate
+
+    try:
+        spec, workdir, overrides = parse_command_line(argv)
+        config = load_config(spec, overrides)
+        validate(config, num_devices=jax.device_count(), process_count=jax.process_count(), tasks=tuple(TASKS))
+        mesh = make_mesh(config.mesh)
+        if jax.process_index() == 0:
+            per_device = config.batch_size // jax.device_count()
+            layout = ", ".join(f"{axis}={size}" for axis, size in mesh.shape.items())
+            print(
+                f"clipjax {config.task}: {jax.device_count()} {jax.devices()[0].platform} devices, mesh {layout}, "
+                f"global batch {config.batch_size} ({per_device} per device), {config.total_steps} steps",
+                flush=True,
+            )
+        summary = TASKS[config.task](config, workdir, mesh)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if jax.process_index() == 0:
+        print(format_summary(config.task, workdir, summary), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,5 @@
+"""Tasks: each is a `run(config, workdir, mesh) -> summary metrics` built on the shared train loop."""
+
+from clipjax.tasks import pretrain
+
+TASKS = {"pretrain": pretrain.run}

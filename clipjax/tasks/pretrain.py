@@ -1,0 +1,108 @@
+"""CLIP pretraining: contrastive loss over the global batch, zero-shot evaluation on held-out scenes."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh
+from ml_collections import ConfigDict
+
+from clipjax.data import synthetic
+from clipjax.data.pipeline import pretrain_dataset
+from clipjax.data.transforms import normalize_images
+from clipjax.evals.zeroshot import ZeroShotEvaluator
+from clipjax.losses import clip_loss
+from clipjax.models import CLIP, build_clip, clamp_logit_scale
+from clipjax.train.loop import Metrics, Task, train
+from clipjax.train.optim import global_norm, lr_schedule, make_optimizer
+from clipjax.train.state import TrainState
+
+
+def make_init_state(model: CLIP, tx: optax.GradientTransformation, config: ConfigDict):
+    """rng -> TrainState at step 0 (parameters from dummy inputs of the configured shapes)."""
+
+    def init_state(rng: jax.Array) -> TrainState:
+        params_rng, state_rng = jax.random.split(rng)
+        size = config.model.image_size
+        images = jnp.zeros((1, size, size, 3), jnp.float32)
+        tokens = jnp.zeros((1, config.model.text.context_length), jnp.int32)
+        params = model.init(params_rng, images, tokens)["params"]
+        return TrainState(step=jnp.int32(0), params=params, opt_state=tx.init(params), rng=state_rng)
+
+    return init_state
+
+
+def make_train_step(model: CLIP, tx: optax.GradientTransformation, config: ConfigDict):
+    """(state, batch) -> (state, metrics): one AdamW step on the CLIP loss of the global batch.
+
+    batch: image uint8 [B, S, S, 3], text int32 [B, L], and with captions="both" text_synthetic int32
+    [B, L], whose loss against the same images is added (MobileCLIP's recipe).
+    """
+    schedule = lr_schedule(config.optim, config.total_steps)
+
+    def loss_fn(params: Any, batch: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
+        images = normalize_images(batch["image"], config.data.normalize)
+        image_emb, text_emb, scale = model.apply({"params": params}, images, batch["text"])
+        loss = clip_loss(image_emb, text_emb, scale, impl=config.loss.impl)
+        if "text_synthetic" in batch:
+            synthetic_emb = model.apply({"params": params}, batch["text_synthetic"], method=CLIP.encode_text)
+            loss = loss + clip_loss(image_emb, synthetic_emb, scale, impl=config.loss.impl)
+        return loss, scale
+
+    def train_step(state: TrainState, batch: dict[str, jax.Array]) -> tuple[TrainState, Metrics]:
+        (loss, scale), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = clamp_logit_scale(optax.apply_updates(state.params, updates), config.model.logit_scale_max)
+        metrics = {
+            "train/loss": loss,
+            "train/lr": schedule(state.step),
+            "train/temperature": 1.0 / scale,
+            "train/logit_scale": scale,
+            "train/grad_norm": global_norm(grads),
+        }
+        return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+    return train_step
+
+
+def make_evaluator(model: CLIP, mesh: Mesh, config: ConfigDict) -> ZeroShotEvaluator:
+    """Zero-shot top-1 over held-out synthetic scenes, labelled by their largest object's category."""
+    scenes = synthetic.SyntheticScenes(
+        config.eval.zeroshot.num_examples,
+        image_size=config.model.image_size,
+        max_objects=config.data.synthetic.max_objects,
+        split="validation",
+        seed=config.seed,
+    )
+    records = [scenes[i] for i in range(len(scenes))]
+    return ZeroShotEvaluator(
+        model,
+        mesh,
+        np.stack([r["image"] for r in records]),
+        np.array([r["label"] for r in records]),
+        synthetic.CATEGORIES,
+        synthetic.ZEROSHOT_TEMPLATES,
+        batch_size=config.eval.zeroshot.batch_size,
+        context_length=config.model.text.context_length,
+        preprocess=functools.partial(normalize_images, mode=config.data.normalize),
+    )
+
+
+def run(config: ConfigDict, workdir: str, mesh: Mesh) -> Metrics:
+    """Pretrains CLIP as `config` says, in `workdir` (resuming if it holds checkpoints)."""
+    model = build_clip(config.model)
+    tx = make_optimizer(config.optim, config.total_steps)
+    pairs_per_image = 2 if config.data.captions == "both" else 1
+    task = Task(
+        init_state=make_init_state(model, tx, config),
+        train_step=make_train_step(model, tx, config),
+        dataset=pretrain_dataset(config, process_index=jax.process_index(), process_count=jax.process_count()),
+        evaluate=make_evaluator(model, mesh, config),
+        examples_per_step=config.batch_size * pairs_per_image,
+    )
+    return train(config, workdir, mesh, task)

@@ -1,0 +1,1 @@
+"""The shared training machinery: state, optimizer, checkpoints, metrics and the one train loop."""

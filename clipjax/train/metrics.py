@@ -1,0 +1,74 @@
+"""Metric output: metrics.jsonl (one JSON object a line, always with "step") and TensorBoard events.
+
+Only process 0 writes, so a multi-host job logs once.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Any
+
+import jax
+from tensorboardX import SummaryWriter
+
+METRICS_FILE = "metrics.jsonl"
+DISCARDED_FILE = "metrics.discarded.jsonl"
+
+
+class MetricWriter:
+    """Appends rows to `<workdir>/metrics.jsonl` and scalars to TensorBoard event files in `<workdir>`.
+
+    When a run resumes from the checkpoint of step `resume_step`, rows logged after that step by the
+    interrupted run are moved to metrics.discarded.jsonl (kept, not lost), so metrics.jsonl reads as one
+    uninterrupted run.
+    """
+
+    def __init__(self, workdir: str, *, resume_step: int = 0) -> None:
+        self.enabled = jax.process_index() == 0
+        self._path = os.path.join(workdir, METRICS_FILE)
+        if not self.enabled:
+            return
+        if resume_step and os.path.exists(self._path):
+            self._move_rows_after(resume_step)
+        self._jsonl = open(self._path, "a", encoding="utf-8")
+        self._tensorboard = SummaryWriter(logdir=workdir, flush_secs=30)
+
+    def _move_rows_after(self, step: int) -> None:
+        with open(self._path, encoding="utf-8") as f:
+            rows = [line for line in f if line.strip()]
+        keep = [row for row in rows if json.loads(row)["step"] <= step]
+        later = [row for row in rows if json.loads(row)["step"] > step]
+        if not later:
+            return
+        with open(os.path.join(os.path.dirname(self._path), DISCARDED_FILE), "a", encoding="utf-8") as f:
+            f.writelines(later)
+        tmp = self._path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.writelines(keep)
+        os.replace(tmp, self._path)
+
+    def write(self, step: int, metrics: dict[str, Any]) -> None:
+        """Writes one row: `{"step": step, **metrics}`; values must be numbers."""
+        if not self.enabled or not metrics:
+            return
+        row = {"step": int(step), **{key: float(value) for key, value in metrics.items()}}
+        # JSON has no NaN/Infinity; write them as strings so every line stays valid JSON.
+        safe = {key: value if math.isfinite(value) else str(value) for key, value in row.items()}
+        self._jsonl.write(json.dumps(safe) + "\n")
+        self._jsonl.flush()
+        for key, value in row.items():
+            if key != "step":
+                self._tensorboard.add_scalar(key, value, global_step=int(step))
+
+    def close(self) -> None:
+        if self.enabled:
+            self._jsonl.close()
+            self._tensorboard.close()
+
+
+def read_metrics(workdir: str) -> list[dict[str, Any]]:
+    """All rows of `<workdir>/metrics.jsonl`, in order."""
+    with open(os.path.join(workdir, METRICS_FILE), encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]

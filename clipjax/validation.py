@@ -1,0 +1,103 @@
+"""Config validation before anything compiles: each problem is one line naming the key and the fix."""
+
+from __future__ import annotations
+
+import math
+
+from ml_collections import ConfigDict
+
+from clipjax.config import ConfigError, choice
+from clipjax.data.pipeline import CAPTION_POLICIES, DATA_KINDS
+from clipjax.data.transforms import NORMALIZATIONS
+from clipjax.losses.contrastive import IMPLEMENTATIONS
+from clipjax.models.layers import ACTIVATIONS, REMAT_POLICIES
+from clipjax.models.presets import DTYPES, TEXT_SIZES, image_tower_dims, image_tower_names, text_tower_dims
+from clipjax.parallel import mesh_shape
+from clipjax.tokenizer import VOCAB_SIZE
+
+
+def validate(config: ConfigDict, *, num_devices: int, process_count: int, tasks: tuple[str, ...]) -> None:
+    """Raises ConfigError for the first problem found in `config` for a job on `num_devices` devices."""
+    choice("config.task", config.task, tasks)
+    for key in ("batch_size", "total_steps", "log_every", "checkpoint_every", "keep_checkpoints"):
+        if config[key] < 1:
+            raise ConfigError(f"config.{key}={config[key]} must be at least 1")
+    if config.eval_every < 0:
+        raise ConfigError(f"config.eval_every={config.eval_every} must be 0 (evaluate at the end) or positive")
+    if config.init is not None:
+        raise ConfigError(
+            f"config.init={config.init!r}: task {config.task!r} starts from random weights (and resumes from its "
+            "workdir); unset config.init"
+        )
+    _validate_model(config.model)
+    _validate_data(config)
+    _validate_mesh_and_batch(config, num_devices, process_count)
+    optim = config.optim
+    if optim.lr <= 0 or optim.warmup_steps < 0 or not 0 <= optim.min_lr_ratio <= 1 or optim.weight_decay < 0:
+        raise ConfigError(
+            "config.optim: need lr > 0, warmup_steps >= 0, 0 <= min_lr_ratio <= 1 and weight_decay >= 0"
+        )
+
+
+def _validate_model(model: ConfigDict) -> None:
+    if model.name not in image_tower_names():
+        raise ConfigError(
+            f"config.model.name={model.name!r} is not a known model; choose one of {', '.join(image_tower_names())}"
+        )
+    choice("config.model.text.name", model.text.name, TEXT_SIZES)
+    choice("config.model.act", model.act, ACTIVATIONS)
+    choice("config.model.dtype", model.dtype, DTYPES)
+    choice("config.model.remat", model.remat, ("none", *REMAT_POLICIES))
+    choice("config.model.image.pool", model.image.pool, ("cls", "mean"))
+    for tower, dims in (("image", image_tower_dims(model)), ("text", text_tower_dims(model))):
+        for key, value in dims.items():
+            if not isinstance(value, int) or value < 1:
+                raise ConfigError(f"config.model.{tower}.{key}={value!r} must be a positive integer")
+        if dims["width"] % dims["heads"]:
+            raise ConfigError(
+                f"config.model.{tower}.width={dims['width']} is not divisible by heads={dims['heads']}; "
+                f"set config.model.{tower}.heads to a divisor of the width"
+            )
+    patch = image_tower_dims(model)["patch_size"]
+    if model.image_size % patch:
+        raise ConfigError(
+            f"config.model.image_size={model.image_size} is not divisible by the patch size {patch}; "
+            f"use a multiple of {patch}"
+        )
+    if model.text.vocab_size < VOCAB_SIZE:
+        raise ConfigError(
+            f"config.model.text.vocab_size={model.text.vocab_size} is smaller than the CLIP tokenizer's {VOCAB_SIZE}"
+        )
+    if model.text.context_length < 2:
+        raise ConfigError(f"config.model.text.context_length={model.text.context_length} must be at least 2")
+
+
+def _validate_data(config: ConfigDict) -> None:
+    data = config.data
+    choice("config.data.kind", data.kind, DATA_KINDS)
+    choice("config.data.captions", data.captions, CAPTION_POLICIES)
+    choice("config.data.normalize", data.normalize, NORMALIZATIONS)
+    choice("config.loss.impl", config.loss.impl, IMPLEMENTATIONS)
+    if not 0.0 <= data.synthetic_prob <= 1.0:
+        raise ConfigError(f"config.data.synthetic_prob={data.synthetic_prob} must lie in [0, 1]")
+    if data.kind != "synthetic" and not data.path:
+        raise ConfigError(
+            f"config.data.path is required with config.data.kind={data.kind!r}; "
+            "pass e.g. --config.data.path=/data/shards/{00000..00099}.tar"
+        )
+
+
+def _validate_mesh_and_batch(config: ConfigDict, num_devices: int, process_count: int) -> None:
+    try:
+        sizes = mesh_shape(config.mesh, num_devices)
+    except ValueError as e:
+        raise ConfigError(f"config.mesh: {e}; e.g. --config.mesh.data=-1 --config.mesh.fsdp=1") from None
+    layout = " x ".join(f"{axis}={size}" for axis, size in sizes.items())
+    for key, value in (("batch_size", config.batch_size), ("eval.zeroshot.batch_size", config.eval.zeroshot.batch_size)):
+        if value % num_devices or value % process_count:
+            multiple = math.lcm(num_devices, process_count)
+            raise ConfigError(
+                f"config.{key}={value} is not divisible by the data-parallel size {num_devices} (mesh {layout}); "
+                f"use a multiple of {multiple}, e.g. --config.{key}={-(-value // multiple) * multiple}"
+            )
+

@@ -1,0 +1,38 @@
+"""CLIP ViT-B/16 on DataCompDR: the paper's quality-caption pretraining (MobileCLIP's recipe).
+
+Global batch 65,536; each image is paired with its real caption and one of its 5 synthetic captions and
+the two losses are summed. AdamW lr 1e-3, 1,000 warmup steps, cosine to 0, weight decay 0.2, beta2 0.95,
+grad-norm clip 1.0, bfloat16 compute. The paper's data-scaling runs use 20k steps (1.31B samples seen);
+MobileCLIP's DataCompDR-1B run uses 200k.
+
+  python -m clipjax.main --config=configs/pretrain/vit_b16_datacompdr.py \
+      --config.data.path='/data/datacompdr/{00000000..00001023}.tar' --workdir=gs://BUCKET/runs/vit_b16_dr \
+      --config.batch_size=65536 --config.total_steps=20000
+
+Arguments (`file.py:key=value,...`): steps=20000; captions=both (real + synthetic, summed), synthetic,
+mixed, or real: `vit_b16_datacompdr.py:captions=real` with DataComp shards is the paper's web-caption
+baseline.
+"""
+
+from ml_collections import ConfigDict
+
+from clipjax.config import parse_arg
+
+
+def get_config(arg: str | None = None) -> ConfigDict:
+    arg = parse_arg(arg, steps=20_000, captions="both")
+    c = ConfigDict()
+    c.batch_size = 65_536
+    c.total_steps = arg.steps
+    c.log_every = 100
+    c.checkpoint_every = 1000
+    c.eval_every = 2000
+
+    c.model = ConfigDict({"name": "vit_b16", "image_size": 224, "embed_dim": 512, "dtype": "bfloat16"})
+    c.model.text = ConfigDict({"name": "base", "context_length": 77})
+
+    c.optim = ConfigDict(
+        {"lr": 1e-3, "warmup_steps": 1000, "weight_decay": 0.2, "b1": 0.9, "b2": 0.95, "grad_clip_norm": 1.0}
+    )
+    c.data = ConfigDict({"kind": "webdataset", "captions": arg.captions, "num_workers": 16})
+    return c

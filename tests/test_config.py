@@ -1,0 +1,161 @@
+"""Config files, big_vision-style arguments, command-line overrides and one-line validation errors."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from clipjax.config import ConfigError, apply_override, load_config, merge_onto_defaults, parse_arg
+from clipjax.defaults import base_config
+from clipjax.main import main, parse_command_line
+from clipjax.validation import validate
+
+TASKS = ("pretrain",)
+
+
+def write_config(tmp_path, body):
+    path = tmp_path / "cfg.py"
+    path.write_text("from ml_collections import ConfigDict\n\ndef get_config(arg=None):\n" + body)
+    return str(path)
+
+
+def test_parse_arg_casts_to_the_default_types():
+    args = parse_arg("smoke,res=64,lr=0.5,name=x", smoke=False, res=224, lr=1.0, name="y")
+    assert (args.smoke, args.res, args.lr, args.name) == (True, 64, 0.5, "x")
+    assert parse_arg(None, smoke=False).smoke is False
+    with pytest.raises(ConfigError, match="unknown config argument 'colour'"):
+        parse_arg("colour=red", smoke=False)
+
+
+def test_file_argument_and_overrides(repo_root):
+    demo = os.path.join(repo_root, "configs", "demo.py")
+    full = load_config(demo)
+    smoke = load_config(demo + ":smoke", [("batch_size", "32"), ("model.name", "vit_s16"), ("optim.lr", "3e-4")])
+    assert smoke.total_steps < full.total_steps
+    assert (smoke.batch_size, smoke.model.name, smoke.optim.lr) == (32, "vit_s16", 3e-4)
+    assert smoke.seed == base_config().seed  # keys the file leaves alone keep their defaults
+
+
+def test_paper_config_takes_the_issue_overrides(repo_root):
+    path = os.path.join(repo_root, "configs", "pretrain", "vit_b16_datacompdr.py")
+    config = load_config(path, [("batch_size", "65536"), ("total_steps", "20000")])
+    assert (config.batch_size, config.total_steps, config.model.name) == (65536, 20000, "vit_b16")
+
+
+def test_override_types():
+    config = base_config()
+    apply_override(config, "progress_bar", "false")
+    apply_override(config, "init", "/tmp/ckpt")
+    apply_override(config, "data.path", "None")
+    apply_override(config, "model.image.width", "96")
+    assert (config.progress_bar, config.init, config.data.path, config.model.image.width) == (False, "/tmp/ckpt", None, 96)
+    with pytest.raises(ConfigError, match="config.batch_size expects a int, got 'many'"):
+        apply_override(config, "batch_size", "many")
+    with pytest.raises(ConfigError, match="config.mesh is a group"):
+        apply_override(config, "mesh", "4")
+
+
+@pytest.mark.parametrize(
+    "key,message",
+    [
+        ("optim.lrr", "unknown config key 'config.optim.lrr'; did you mean 'config.optim.lr'?"),
+        ("batchsize", "did you mean 'config.batch_size'?"),
+        ("modle.name", "unknown config key 'config.modle'; did you mean 'config.model'?"),
+    ],
+)
+def test_unknown_override_key_names_the_key_and_the_fix(key, message):
+    with pytest.raises(ConfigError) as error:
+        apply_override(base_config(), key, "1")
+    assert message in str(error.value)
+
+
+def test_unknown_key_in_a_config_file(tmp_path):
+    path = write_config(tmp_path, "    c = ConfigDict()\n    c.optim = ConfigDict({'learning_rate': 1.0})\n    return c\n")
+    with pytest.raises(ConfigError, match="unknown config key 'config.optim.learning_rate'"):
+        load_config(path)
+
+
+def test_wrong_type_in_a_config_file():
+    with pytest.raises(ConfigError, match="config.total_steps expects a int"):
+        merge_onto_defaults({"total_steps": "lots"})
+
+
+def valid_demo(repo_root):
+    return load_config(os.path.join(repo_root, "configs", "demo.py"))
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        ({"model.name": "vit_q16"}, "config.model.name='vit_q16' is not a known model; choose one of vit_ti14"),
+        ({"batch_size": "100"}, "config.batch_size=100 is not divisible by the data-parallel size 8"),
+        ({"data.kind": "webdataset"}, "config.data.path is required with config.data.kind='webdataset'"),
+        ({"data.kind": "laion"}, "config.data.kind='laion' is not one of"),
+        ({"data.captions": "best"}, "config.data.captions='best' is not one of"),
+        ({"mesh.data": "3"}, "config.mesh: mesh sizes"),
+        ({"model.image.heads": "5"}, "config.model.image.width=128 is not divisible by heads=5"),
+        ({"model.image_size": "60"}, "config.model.image_size=60 is not divisible by the patch size"),
+        ({"task": "segment"}, "config.task='segment' is not one of 'pretrain'"),
+        ({"init": "/ckpt"}, "unset config.init"),
+    ],
+)
+def test_validation_errors(repo_root, overrides, message):
+    config = valid_demo(repo_root)
+    for key, value in overrides.items():
+        apply_override(config, key, value)
+    with pytest.raises(ConfigError) as error:
+        validate(config, num_devices=8, process_count=1, tasks=TASKS)
+    assert message in str(error.value)
+    assert "\n" not in str(error.value)
+
+
+def test_valid_configs_pass(repo_root):
+    validate(valid_demo(repo_root), num_devices=8, process_count=1, tasks=TASKS)
+    config = load_config(os.path.join(repo_root, "configs", "pretrain", "vit_b16_datacompdr.py"), [("data.path", "/x")])
+    validate(config, num_devices=8, process_count=1, tasks=TASKS)
+
+
+def test_command_line_parsing():
+    assert parse_command_line(["--config", "a.py:smoke", "--workdir=w", "--config.batch_size=8", "--config.x.y", "z"]) == (
+        "a.py:smoke",
+        "w",
+        [("batch_size", "8"), ("x.y", "z")],
+    )
+    with pytest.raises(ConfigError, match="unknown flag --steps"):
+        parse_command_line(["--config=a.py", "--workdir=w", "--steps=3"])
+    with pytest.raises(ConfigError, match="--config and --workdir are required"):
+        parse_command_line(["--config=a.py"])
+
+
+@pytest.mark.parametrize(
+    "extra,fragment",
+    [
+        (["--config.modle.name=vit_b16"], "did you mean 'config.model'"),
+        (["--config.batch_size=100"], "not divisible by the data-parallel size 8"),
+        (["--config.model.name=vit_huge"], "is not a known model"),
+        (["--config.data.kind=webdataset"], "config.data.path is required"),
+        (["--config.data.kind=tfds", "--config.data.path=/data/imagenet"], "has no reader in this version"),
+    ],
+)
+def test_main_prints_one_line_and_exits_2(repo_root, tmp_path, capsys, extra, fragment):
+    demo = os.path.join(repo_root, "configs", "demo.py")
+    status = main([f"--config={demo}:smoke", f"--workdir={tmp_path / 'w'}", "--config.progress_bar=false", *extra])
+    err = capsys.readouterr().err.strip()
+    assert status == 2
+    assert err.startswith("error: ") and fragment in err and "\n" not in err
+    assert not (tmp_path / "w" / "checkpoints").exists()
+
+
+def test_cli_process_exit_status(repo_root, tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "clipjax.main", "--config=configs/demo.py", f"--workdir={tmp_path}", "--config.optim.lrr=1"],
+        cwd=repo_root,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: unknown config key 'config.optim.lrr'; did you mean 'config.optim.lr'?"
+    )

@@ -1,0 +1,86 @@
+"""Mesh construction, sharding rules, and one train step on 1 device versus 8 devices (mesh 4 x 2)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import PartitionSpec as P
+from ml_collections import ConfigDict
+
+from clipjax.defaults import base_config
+from clipjax.models import build_clip
+from clipjax.parallel import batch_sharding, fsdp_spec, make_mesh, mesh_shape, put_batch, state_shardings
+from clipjax.tasks.pretrain import make_init_state, make_train_step
+from clipjax.train.optim import make_optimizer
+
+
+def test_mesh_shape_fills_the_free_axis():
+    assert mesh_shape(ConfigDict({"data": -1, "fsdp": 2}), 8) == {"data": 4, "fsdp": 2}
+    assert mesh_shape(ConfigDict({"data": 2, "fsdp": -1}), 8) == {"data": 2, "fsdp": 4}
+    for bad in ({"data": 3, "fsdp": -1}, {"data": -1, "fsdp": -1}, {"data": 2, "fsdp": 2}, {"data": 0, "fsdp": 8}):
+        with pytest.raises(ValueError):
+            mesh_shape(ConfigDict(bad), 8)
+
+
+def test_fsdp_rule_splits_the_largest_divisible_dimension():
+    assert fsdp_spec((768, 3072), 4, 1024) == P(None, "fsdp")
+    assert fsdp_spec((49408, 512), 8, 1024) == P("fsdp", None)
+    assert fsdp_spec((6, 5), 4, 1) == P()  # nothing divides
+    assert fsdp_spec((512,), 4, 1024) == P()  # too small to be worth it
+    assert fsdp_spec((768, 768), 1, 1) == P()  # no fsdp axis
+
+
+def tiny_config(mesh):
+    config = base_config()
+    config.batch_size = 16
+    config.total_steps = 10
+    config.mesh.update(mesh)
+    config.fsdp_min_size = 256
+    config.optim.warmup_steps = 1
+    config.model.update(name="vit_ti16", image_size=16, embed_dim=16)
+    config.model.image.update(width=32, depth=2, heads=2, mlp_dim=64, patch_size=8)
+    config.model.text.update(width=32, depth=2, heads=2, mlp_dim=64, context_length=8)
+    return config
+
+
+def one_step(config, devices, batch):
+    mesh = make_mesh(config.mesh, devices)
+    model = build_clip(config.model)
+    tx = make_optimizer(config.optim, config.total_steps)
+    init_state = make_init_state(model, tx, config)
+    rng = jax.random.PRNGKey(0)
+    shardings = state_shardings(jax.eval_shape(init_state, rng), mesh, config.fsdp_min_size)
+    state = jax.jit(init_state, out_shardings=shardings)(rng)
+    step = jax.jit(make_train_step(model, tx, config), in_shardings=(shardings, batch_sharding(mesh)))
+    new_state, metrics = step(state, put_batch(batch, batch_sharding(mesh)))
+    return state, new_state, metrics, shardings
+
+
+def test_train_step_is_the_same_on_one_device_and_on_a_4x2_mesh():
+    assert jax.device_count() == 8, "tests/conftest.py simulates 8 CPU devices"
+    rng = np.random.default_rng(0)
+    batch = {
+        "image": rng.integers(0, 256, (16, 16, 16, 3), dtype=np.uint8),
+        "text": np.concatenate(
+            [np.full((16, 1), 49406), rng.integers(1, 1000, (16, 5)), np.full((16, 1), 49407), np.zeros((16, 1))], 1
+        ).astype(np.int32),
+    }
+    before1, after1, metrics1, _ = one_step(tiny_config({"data": 1, "fsdp": 1}), jax.devices()[:1], batch)
+    before8, after8, metrics8, shardings8 = one_step(tiny_config({"data": 4, "fsdp": 2}), jax.devices(), batch)
+
+    # Parameters really are split over fsdp on the 8-device mesh, and start out identical.
+    qkv = shardings8.params["image"]["encoder"]["block_0"]["attn"]["qkv"]["kernel"]
+    assert "fsdp" in qkv.spec
+    jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), before1.params, before8.params)
+
+    for key in metrics1:
+        np.testing.assert_allclose(metrics8[key], metrics1[key], rtol=2e-5, err_msg=key)
+    assert float(metrics1["train/loss"]) > 1.0  # a real loss over 16 pairs, not a degenerate one
+    moved = jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b))), after1.params, before1.params)
+    assert max(jax.tree.leaves(moved)) > 1e-4
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6),
+        after1.params,
+        after8.params,
+    )
+    assert int(after8.step) == 1
