@@ -34,9 +34,10 @@ def base_config() -> ConfigDict:
     c.model.name = "vit_b16"  # image tower preset: vit_{ti,s,b,l}{14,16,32}
     c.model.image_size = 224
     c.model.embed_dim = 512  # shared image-text embedding width
-    # Overrides of the image tower preset (None keeps the preset's value).
+    # Overrides of the image tower preset (None keeps the preset's value). pool: "cls" or "mean" (of the
+    # patch tokens); stem: "patch" (one strided conv, as CLIP) or "conv" (a small conv stack, Xiao et al.).
     c.model.image = ConfigDict(
-        {"width": None, "depth": None, "heads": None, "mlp_dim": None, "patch_size": None, "pool": "cls"}
+        {"width": None, "depth": None, "heads": None, "mlp_dim": None, "patch_size": None, "pool": "cls", "stem": "patch"}
     )
     # Text tower: a preset plus overrides; the tokenizer pads/truncates captions to context_length.
     c.model.text = ConfigDict(

@@ -60,6 +60,7 @@ def build_image_tower(model: ConfigDict) -> VisionTransformer:
         patch_size=dims["patch_size"],
         embed_dim=model.embed_dim,
         pool=model.image.pool,
+        stem=model.image.stem,
         act=model.act,
         remat=model.remat,
         dtype=DTYPES[model.dtype],
