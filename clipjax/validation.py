@@ -49,6 +49,7 @@ def _validate_model(model: ConfigDict) -> None:
     choice("config.model.dtype", model.dtype, DTYPES)
     choice("config.model.remat", model.remat, ("none", *REMAT_POLICIES))
     choice("config.model.image.pool", model.image.pool, ("cls", "mean"))
+    choice("config.model.image.stem", model.image.stem, ("patch", "conv"))
     for tower, dims in (("image", image_tower_dims(model)), ("text", text_tower_dims(model))):
         for key, value in dims.items():
             if not isinstance(value, int) or value < 1:
@@ -59,6 +60,11 @@ def _validate_model(model: ConfigDict) -> None:
                 f"set config.model.{tower}.heads to a divisor of the width"
             )
     patch = image_tower_dims(model)["patch_size"]
+    if model.image.stem == "conv" and (patch < 4 or patch & (patch - 1)):
+        raise ConfigError(
+            f"config.model.image.stem='conv' needs a power-of-two patch size >= 4, got {patch}; "
+            "set config.model.image.patch_size=16 or config.model.image.stem='patch'"
+        )
     if model.image_size % patch:
         raise ConfigError(
             f"config.model.image_size={model.image_size} is not divisible by the patch size {patch}; "

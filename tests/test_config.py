@@ -98,6 +98,8 @@ def valid_demo(repo_root):
         ({"model.image_size": "60"}, "config.model.image_size=60 is not divisible by the patch size"),
         ({"task": "segment"}, "config.task='segment' is not one of 'pretrain'"),
         ({"init": "/ckpt"}, "unset config.init"),
+        ({"model.image.patch_size": "12"}, "config.model.image.stem='conv' needs a power-of-two patch size"),
+        ({"model.image.stem": "hybrid"}, "config.model.image.stem='hybrid' is not one of"),
     ],
 )
 def test_validation_errors(repo_root, overrides, message):

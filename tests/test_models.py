@@ -50,6 +50,18 @@ def test_attention_probabilities_are_returned_and_match_the_fused_path(vit_and_p
     np.testing.assert_allclose(explicit["embedding"], fused["embedding"], rtol=1e-5, atol=1e-6)
 
 
+def test_conv_stem_keeps_the_token_grid():
+    model = VisionTransformer(**{**TINY_VIT, "patch_size": 8}, stem="conv")
+    images = jnp.ones((1, 32, 16, 3))
+    params = model.init(jax.random.PRNGKey(0), images)["params"]
+    assert {"stem_conv_0", "stem_conv_1", "stem_norm_0", "stem_norm_1"} <= set(params)
+    assert params["patch_embed"]["kernel"].shape == (2, 2, 8, 16)  # width / 2 channels after two stride-2 convs
+    out = model.apply({"params": params}, images)
+    assert out["grid"] == (4, 2) and out["tokens"].shape == (1, 9, 16)
+    with pytest.raises(ValueError, match="power-of-two"):
+        VisionTransformer(**{**TINY_VIT, "patch_size": 6}, stem="conv").init(jax.random.PRNGKey(0), jnp.ones((1, 12, 12, 3)))
+
+
 def test_vit_rejects_images_not_divisible_by_the_patch(vit_and_params):
     model, params, _ = vit_and_params
     with pytest.raises(ValueError, match="patch size"):

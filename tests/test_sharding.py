@@ -7,11 +7,12 @@ import pytest
 from jax.sharding import PartitionSpec as P
 from ml_collections import ConfigDict
 
-from clipjax.defaults import base_config
 from clipjax.models import build_clip
-from clipjax.parallel import batch_sharding, fsdp_spec, make_mesh, mesh_shape, put_batch, state_shardings
+from clipjax.parallel import batch_sharding, fsdp_spec, make_mesh, mesh_shape, put_batch
 from clipjax.tasks.pretrain import make_init_state, make_train_step
+from clipjax.train.loop import shard_functions
 from clipjax.train.optim import make_optimizer
+from tests.helpers import tiny_config
 
 
 def test_mesh_shape_fills_the_free_axis():
@@ -30,30 +31,15 @@ def test_fsdp_rule_splits_the_largest_divisible_dimension():
     assert fsdp_spec((768, 768), 1, 1) == P()  # no fsdp axis
 
 
-def tiny_config(mesh):
-    config = base_config()
-    config.batch_size = 16
-    config.total_steps = 10
-    config.mesh.update(mesh)
-    config.fsdp_min_size = 256
-    config.optim.warmup_steps = 1
-    config.model.update(name="vit_ti16", image_size=16, embed_dim=16)
-    config.model.image.update(width=32, depth=2, heads=2, mlp_dim=64, patch_size=8)
-    config.model.text.update(width=32, depth=2, heads=2, mlp_dim=64, context_length=8)
-    return config
-
-
 def one_step(config, devices, batch):
     mesh = make_mesh(config.mesh, devices)
     model = build_clip(config.model)
     tx = make_optimizer(config.optim, config.total_steps)
-    init_state = make_init_state(model, tx, config)
-    rng = jax.random.PRNGKey(0)
-    shardings = state_shardings(jax.eval_shape(init_state, rng), mesh, config.fsdp_min_size)
-    state = jax.jit(init_state, out_shardings=shardings)(rng)
-    step = jax.jit(make_train_step(model, tx, config), in_shardings=(shardings, batch_sharding(mesh)))
+    init, step, target = shard_functions(make_init_state(model, tx, config), make_train_step(model, tx, config), mesh, config)
+    state = init(jax.random.PRNGKey(0))
+    before = jax.tree.map(np.asarray, state)  # the step donates (and so deletes) the state it is given
     new_state, metrics = step(state, put_batch(batch, batch_sharding(mesh)))
-    return state, new_state, metrics, shardings
+    return before, new_state, metrics, jax.tree.map(lambda leaf: leaf.sharding, target)
 
 
 def test_train_step_is_the_same_on_one_device_and_on_a_4x2_mesh():
@@ -71,7 +57,7 @@ def test_train_step_is_the_same_on_one_device_and_on_a_4x2_mesh():
     # Parameters really are split over fsdp on the 8-device mesh, and start out identical.
     qkv = shardings8.params["image"]["encoder"]["block_0"]["attn"]["qkv"]["kernel"]
     assert "fsdp" in qkv.spec
-    jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), before1.params, before8.params)
+    jax.tree.map(np.testing.assert_array_equal, before1.params, before8.params)
 
     for key in metrics1:
         np.testing.assert_allclose(metrics8[key], metrics1[key], rtol=2e-5, err_msg=key)

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import re
-from typing import Any
-
 import jax.numpy as jnp
 from ml_collections import ConfigDict
 
@@ -84,7 +82,3 @@ def build_clip(model: ConfigDict) -> CLIP:
     )
     return CLIP(image=build_image_tower(model), text=text, temperature_init=model.temperature_init)
 
-
-def describe(model: ConfigDict) -> dict[str, Any]:
-    """Resolved tower sizes, for logs and the run summary."""
-    return {"image": image_tower_dims(model), "text": text_tower_dims(model)}

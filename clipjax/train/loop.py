@@ -65,6 +65,31 @@ def save_config(config: ConfigDict, workdir: str) -> None:
         f.write(text)
 
 
+def shard_functions(
+    init_state: Callable[[jax.Array], TrainState],
+    train_step: Callable[[TrainState, dict[str, jax.Array]], tuple[TrainState, Metrics]],
+    mesh: Mesh,
+    config: ConfigDict,
+) -> tuple[Callable, Callable, Any]:
+    """Jits a task's init and step with explicit shardings.
+
+    Returns:
+      (init: rng -> sharded TrainState, step: (state, batch) -> (state, metrics) with the state donated,
+       abstract state: TrainState of ShapeDtypeStructs carrying the shardings, a restore target).
+    """
+    abstract = jax.eval_shape(init_state, jax.random.PRNGKey(0))
+    shardings = state_shardings(abstract, mesh, config.fsdp_min_size)
+    init = jax.jit(init_state, out_shardings=shardings)
+    step = jax.jit(
+        train_step,
+        in_shardings=(shardings, batch_sharding(mesh)),
+        out_shardings=(shardings, replicated(mesh)),
+        donate_argnums=(0,),
+    )
+    target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
+    return init, step, target
+
+
 def train(config: ConfigDict, workdir: str, mesh: Mesh, task: Task) -> Metrics:
     """Runs `task` to `config.total_steps`, resuming from the newest checkpoint in the workdir.
 
@@ -76,23 +101,14 @@ def train(config: ConfigDict, workdir: str, mesh: Mesh, task: Task) -> Metrics:
     os.makedirs(workdir, exist_ok=True)
     if jax.process_index() == 0:
         save_config(config, workdir)
-    rng = jax.random.PRNGKey(config.seed)
-    abstract = jax.eval_shape(task.init_state, rng)
-    shardings = state_shardings(abstract, mesh, config.fsdp_min_size)
+    init_fn, step_fn, target = shard_functions(task.init_state, task.train_step, mesh, config)
     data_sharding = batch_sharding(mesh)
-    step_fn = jax.jit(
-        task.train_step,
-        in_shardings=(shardings, data_sharding),
-        out_shardings=(shardings, replicated(mesh)),
-        donate_argnums=(0,),
-    )
     data_iterator = iter(task.dataset)
     checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints)
     resume_step = checkpointer.latest_step()
     if resume_step is None:
-        state = jax.jit(task.init_state, out_shardings=shardings)(rng)
+        state = init_fn(jax.random.PRNGKey(config.seed))
     else:
-        target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
         state = checkpointer.restore(resume_step, target, data_iterator)
     writer = MetricWriter(workdir, resume_step=resume_step or 0)
     start = int(state.step)

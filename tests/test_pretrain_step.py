@@ -1,0 +1,49 @@
+"""The pretraining step's loss for each caption policy, and the train-step benchmark on the CPU."""
+
+import importlib.util
+import os
+
+import jax
+import numpy as np
+
+from clipjax.data.transforms import normalize_images
+from clipjax.losses import clip_loss
+from clipjax.models import CLIP, build_clip
+from clipjax.tasks.pretrain import make_init_state, make_train_step
+from clipjax.train.optim import make_optimizer
+from tests.helpers import tiny_config
+
+
+def test_both_captions_sum_the_real_and_synthetic_losses():
+    config = tiny_config({"data": 1, "fsdp": 1})
+    config.data.captions = "both"
+    model = build_clip(config.model)
+    tx = make_optimizer(config.optim, config.total_steps)
+    state = make_init_state(model, tx, config)(jax.random.PRNGKey(0))
+    rng = np.random.default_rng(0)
+    texts = rng.integers(1, 1000, (2, 16, 8)).astype(np.int32)
+    texts[:, :, -1] = 49407
+    batch = {"image": rng.integers(0, 256, (16, 16, 16, 3), dtype=np.uint8), "text": texts[0], "text_synthetic": texts[1]}
+    _, metrics = jax.jit(make_train_step(model, tx, config))(state, batch)
+
+    variables = {"params": state.params}
+    images = normalize_images(batch["image"], config.data.normalize)
+    image_emb = model.apply(variables, images, method=CLIP.encode_image)
+    scale = np.exp(state.params["logit_scale"])
+    expected = sum(
+        clip_loss(image_emb, model.apply(variables, batch[key], method=CLIP.encode_text), scale)
+        for key in ("text", "text_synthetic")
+    )
+    np.testing.assert_allclose(metrics["train/loss"], expected, rtol=1e-5)
+    np.testing.assert_allclose(metrics["train/temperature"], 0.07, rtol=1e-5)
+
+
+def test_train_step_benchmark_runs_and_reports(repo_root):
+    spec = importlib.util.spec_from_file_location("train_step_benchmark", os.path.join(repo_root, "benchmarks", "train_step.py"))
+    benchmark = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(benchmark)
+    config = tiny_config({"data": -1, "fsdp": 2})
+    results = benchmark.measure(config, steps=2, warmup=1)
+    assert results["pairs_per_s"] > 0 and results["step_ms"] > 0 and results["compile_s"] > 0
+    assert results["xla_flops_per_step_per_device"] > 0
+    assert np.isfinite(results["loss"])
