@@ -124,39 +124,42 @@ def train(config: ConfigDict, workdir: str, mesh: Mesh, task: Task) -> Metrics:
     untimed = 0  # steps of the window whose time is not counted (the compiling first step)
     window_start, paused = time.perf_counter(), 0.0
     train_seconds, timed_steps, compile_seconds = 0.0, 0, 0.0
-    for step in range(start, config.total_steps):
-        batch = put_batch(next(data_iterator), data_sharding)
-        state, metrics = step_fn(state, batch)
-        window.append(metrics)
-        done = step + 1
-        if step == start:
-            # The first step compiles; keep it out of the throughput figures.
-            jax.block_until_ready(state)
-            compile_seconds = time.perf_counter() - window_start
-            window_start, untimed = time.perf_counter(), 1
-        progress.update(1)
-        if done % config.log_every == 0 or done == config.total_steps:
-            row = _mean(jax.device_get(window))
-            seconds, timed = time.perf_counter() - window_start - paused, len(window) - untimed
-            if timed:
-                row[task.throughput_key] = timed * task.examples_per_step / seconds
-                train_seconds, timed_steps = train_seconds + seconds, timed_steps + timed
-            writer.write(done, row)
-            progress.set_postfix({k.split("/")[-1]: f"{v:.4g}" for k, v in row.items() if k.startswith("train/")})
-            window, untimed = [], 0
-            window_start, paused = time.perf_counter(), 0.0
-        pause_start = time.perf_counter()
-        if config.eval_every and done % config.eval_every == 0 and done != config.total_steps:
-            writer.write(done, task.evaluate(state.params))
-        if done % config.checkpoint_every == 0 or done == config.total_steps:
-            checkpointer.save(done, state, data_iterator)
-        paused += time.perf_counter() - pause_start
-    progress.close()
-
-    summary = task.evaluate(state.params)
-    writer.write(int(state.step), summary)
-    checkpointer.close()
-    writer.close()
+    try:
+        for step in range(start, config.total_steps):
+            batch = put_batch(next(data_iterator), data_sharding)
+            state, metrics = step_fn(state, batch)
+            window.append(metrics)
+            done = step + 1
+            if step == start:
+                # The first step compiles; keep it out of the throughput figures.
+                jax.block_until_ready(state)
+                compile_seconds = time.perf_counter() - window_start
+                window_start, untimed = time.perf_counter(), 1
+            progress.update(1)
+            if done % config.log_every == 0 or done == config.total_steps:
+                row = _mean(jax.device_get(window))
+                seconds, timed = time.perf_counter() - window_start - paused, len(window) - untimed
+                if timed:
+                    row[task.throughput_key] = timed * task.examples_per_step / seconds
+                    train_seconds, timed_steps = train_seconds + seconds, timed_steps + timed
+                writer.write(done, row)
+                progress.set_postfix({k.split("/")[-1]: f"{v:.4g}" for k, v in row.items() if k.startswith("train/")})
+                window, untimed = [], 0
+                window_start, paused = time.perf_counter(), 0.0
+            pause_start = time.perf_counter()
+            if config.eval_every and done % config.eval_every == 0 and done != config.total_steps:
+                writer.write(done, task.evaluate(state.params))
+            if done % config.checkpoint_every == 0 or done == config.total_steps:
+                checkpointer.save(done, state, data_iterator)
+            paused += time.perf_counter() - pause_start
+        progress.close()
+        summary = task.evaluate(state.params)
+        if start < config.total_steps:  # a finished run re-run only reports; its log already has this row
+            writer.write(int(state.step), summary)
+    finally:
+        # Lets an in-flight asynchronous save complete; orbax never exposes a half-written step anyway.
+        checkpointer.close()
+        writer.close()
     if timed_steps:
         summary[task.throughput_key] = timed_steps * task.examples_per_step / train_seconds
     summary.update(
