@@ -45,7 +45,9 @@ def measure(config, steps: int, warmup: int) -> dict:
     mesh = make_mesh(config.mesh)
     model = build_clip(config.model)
     tx = make_optimizer(config.optim, config.total_steps)
-    init, step, _ = shard_functions(make_init_state(model, tx, config), make_train_step(model, tx, config), mesh, config)
+    init, step, _ = shard_functions(
+        make_init_state(model, tx, config), make_train_step(model, tx, config, mesh), mesh, config
+    )
     state = init(jax.random.PRNGKey(config.seed))
     batch = put_batch(random_batch(config, np.random.default_rng(0)), batch_sharding(mesh))
 

@@ -37,7 +37,15 @@ def base_config() -> ConfigDict:
     # Overrides of the image tower preset (None keeps the preset's value). pool: "cls" or "mean" (of the
     # patch tokens); stem: "patch" (one strided conv, as CLIP) or "conv" (a small conv stack, Xiao et al.).
     c.model.image = ConfigDict(
-        {"width": None, "depth": None, "heads": None, "mlp_dim": None, "patch_size": None, "pool": "cls", "stem": "patch"}
+        {
+            "width": None,
+            "depth": None,
+            "heads": None,
+            "mlp_dim": None,
+            "patch_size": None,
+            "pool": "cls",
+            "stem": "patch",
+        }
     )
     # Text tower: a preset plus overrides; the tokenizer pads/truncates captions to context_length.
     c.model.text = ConfigDict(
@@ -56,8 +64,12 @@ def base_config() -> ConfigDict:
     c.model.remat = "none"  # rematerialise each block: "none", "full" (save nothing), "dots" (save matmuls)
     c.model.temperature_init = 0.07  # the logit scale starts at 1 / temperature_init
     c.model.logit_scale_max = 100.0  # the logit scale is clamped to [1, logit_scale_max] after each update
+    c.model.logit_bias_init = None  # a learnable logit bias starting here (SigLIP: -10); None: no bias
 
-    c.loss = ConfigDict({"impl": "naive"})  # contrastive loss over the global batch
+    # Contrastive loss over the global batch. kind: "clip" (softmax both ways) or "siglip" (pairwise
+    # sigmoid; needs model.logit_bias_init). impl: "fused" (tiled, O(B) memory, sharded over the mesh)
+    # or "naive" (materialises the B x B logits). block_size: the fused loss's tile side.
+    c.loss = ConfigDict({"kind": "clip", "impl": "fused", "block_size": 1024})
 
     c.optim = ConfigDict(
         {

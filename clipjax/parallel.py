@@ -13,9 +13,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import jax
-from jax.experimental import mesh_utils
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.experimental import mesh_utils
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 from ml_collections import ConfigDict
 
 MESH_AXES = ("data", "fsdp")

@@ -9,7 +9,7 @@ from ml_collections import ConfigDict
 from clipjax.config import ConfigError, choice
 from clipjax.data.pipeline import CAPTION_POLICIES, DATA_KINDS
 from clipjax.data.transforms import NORMALIZATIONS
-from clipjax.losses.contrastive import IMPLEMENTATIONS
+from clipjax.losses.contrastive import IMPLEMENTATIONS, LOSS_KINDS
 from clipjax.models.layers import ACTIVATIONS, REMAT_POLICIES
 from clipjax.models.presets import DTYPES, TEXT_SIZES, image_tower_dims, image_tower_names, text_tower_dims
 from clipjax.parallel import mesh_shape
@@ -34,9 +34,7 @@ def validate(config: ConfigDict, *, num_devices: int, process_count: int, tasks:
     _validate_mesh_and_batch(config, num_devices, process_count)
     optim = config.optim
     if optim.lr <= 0 or optim.warmup_steps < 0 or not 0 <= optim.min_lr_ratio <= 1 or optim.weight_decay < 0:
-        raise ConfigError(
-            "config.optim: need lr > 0, warmup_steps >= 0, 0 <= min_lr_ratio <= 1 and weight_decay >= 0"
-        )
+        raise ConfigError("config.optim: need lr > 0, warmup_steps >= 0, 0 <= min_lr_ratio <= 1 and weight_decay >= 0")
 
 
 def _validate_model(model: ConfigDict) -> None:
@@ -84,6 +82,14 @@ def _validate_data(config: ConfigDict) -> None:
     choice("config.data.captions", data.captions, CAPTION_POLICIES)
     choice("config.data.normalize", data.normalize, NORMALIZATIONS)
     choice("config.loss.impl", config.loss.impl, IMPLEMENTATIONS)
+    choice("config.loss.kind", config.loss.kind, LOSS_KINDS)
+    if config.loss.block_size < 1:
+        raise ConfigError(f"config.loss.block_size={config.loss.block_size} must be at least 1")
+    if config.loss.kind == "siglip" and config.model.logit_bias_init is None:
+        raise ConfigError(
+            "config.loss.kind='siglip' needs a logit bias: set config.model.logit_bias_init=-10 "
+            "(and config.model.temperature_init=0.1, SigLIP's initial scale of 10)"
+        )
     if not 0.0 <= data.synthetic_prob <= 1.0:
         raise ConfigError(f"config.data.synthetic_prob={data.synthetic_prob} must lie in [0, 1]")
     if data.kind != "synthetic" and not data.path:
@@ -99,11 +105,13 @@ def _validate_mesh_and_batch(config: ConfigDict, num_devices: int, process_count
     except ValueError as e:
         raise ConfigError(f"config.mesh: {e}; e.g. --config.mesh.data=-1 --config.mesh.fsdp=1") from None
     layout = " x ".join(f"{axis}={size}" for axis, size in sizes.items())
-    for key, value in (("batch_size", config.batch_size), ("eval.zeroshot.batch_size", config.eval.zeroshot.batch_size)):
+    for key, value in (
+        ("batch_size", config.batch_size),
+        ("eval.zeroshot.batch_size", config.eval.zeroshot.batch_size),
+    ):
         if value % num_devices or value % process_count:
             multiple = math.lcm(num_devices, process_count)
             raise ConfigError(
                 f"config.{key}={value} is not divisible by the data-parallel size {num_devices} (mesh {layout}); "
                 f"use a multiple of {multiple}, e.g. --config.{key}={-(-value // multiple) * multiple}"
             )
-

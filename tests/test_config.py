@@ -49,7 +49,12 @@ def test_override_types():
     apply_override(config, "init", "/tmp/ckpt")
     apply_override(config, "data.path", "None")
     apply_override(config, "model.image.width", "96")
-    assert (config.progress_bar, config.init, config.data.path, config.model.image.width) == (False, "/tmp/ckpt", None, 96)
+    assert (config.progress_bar, config.init, config.data.path, config.model.image.width) == (
+        False,
+        "/tmp/ckpt",
+        None,
+        96,
+    )
     with pytest.raises(ConfigError, match="config.batch_size expects a int, got 'many'"):
         apply_override(config, "batch_size", "many")
     with pytest.raises(ConfigError, match="config.mesh is a group"):
@@ -71,7 +76,9 @@ def test_unknown_override_key_names_the_key_and_the_fix(key, message):
 
 
 def test_unknown_key_in_a_config_file(tmp_path):
-    path = write_config(tmp_path, "    c = ConfigDict()\n    c.optim = ConfigDict({'learning_rate': 1.0})\n    return c\n")
+    path = write_config(
+        tmp_path, "    c = ConfigDict()\n    c.optim = ConfigDict({'learning_rate': 1.0})\n    return c\n"
+    )
     with pytest.raises(ConfigError, match="unknown config key 'config.optim.learning_rate'"):
         load_config(path)
 
@@ -100,6 +107,8 @@ def valid_demo(repo_root):
         ({"init": "/ckpt"}, "unset config.init"),
         ({"model.image.patch_size": "12"}, "config.model.image.stem='conv' needs a power-of-two patch size"),
         ({"model.image.stem": "hybrid"}, "config.model.image.stem='hybrid' is not one of"),
+        ({"loss.kind": "siglip"}, "config.loss.kind='siglip' needs a logit bias: set config.model.logit_bias_init=-10"),
+        ({"loss.impl": "flash"}, "config.loss.impl='flash' is not one of 'fused', 'naive'"),
     ],
 )
 def test_validation_errors(repo_root, overrides, message):
@@ -119,7 +128,9 @@ def test_valid_configs_pass(repo_root):
 
 
 def test_command_line_parsing():
-    assert parse_command_line(["--config", "a.py:smoke", "--workdir=w", "--config.batch_size=8", "--config.x.y", "z"]) == (
+    assert parse_command_line(
+        ["--config", "a.py:smoke", "--workdir=w", "--config.batch_size=8", "--config.x.y", "z"]
+    ) == (
         "a.py:smoke",
         "w",
         [("batch_size", "8"), ("x.y", "z")],
@@ -151,7 +162,14 @@ def test_main_prints_one_line_and_exits_2(repo_root, tmp_path, capsys, extra, fr
 
 def test_cli_process_exit_status(repo_root, tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "clipjax.main", "--config=configs/demo.py", f"--workdir={tmp_path}", "--config.optim.lrr=1"],
+        [
+            sys.executable,
+            "-m",
+            "clipjax.main",
+            "--config=configs/demo.py",
+            f"--workdir={tmp_path}",
+            "--config.optim.lrr=1",
+        ],
         cwd=repo_root,
         capture_output=True,
         text=True,

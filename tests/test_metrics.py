@@ -26,6 +26,10 @@ def test_resuming_sets_aside_rows_logged_after_the_checkpoint(tmp_path):
     resumed = MetricWriter(str(tmp_path), resume_step=20)
     resumed.write(30, {"train/loss": 3.0})
     resumed.close()
-    assert [(row["step"], row["train/loss"]) for row in read_metrics(str(tmp_path))] == [(10, 10.0), (20, 20.0), (30, 3.0)]
+    assert [(row["step"], row["train/loss"]) for row in read_metrics(str(tmp_path))] == [
+        (10, 10.0),
+        (20, 20.0),
+        (30, 3.0),
+    ]
     set_aside = [json.loads(line) for line in (tmp_path / DISCARDED_FILE).read_text().splitlines()]
     assert [row["step"] for row in set_aside] == [30, 40]

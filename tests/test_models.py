@@ -59,7 +59,9 @@ def test_conv_stem_keeps_the_token_grid():
     out = model.apply({"params": params}, images)
     assert out["grid"] == (4, 2) and out["tokens"].shape == (1, 9, 16)
     with pytest.raises(ValueError, match="power-of-two"):
-        VisionTransformer(**{**TINY_VIT, "patch_size": 6}, stem="conv").init(jax.random.PRNGKey(0), jnp.ones((1, 12, 12, 3)))
+        VisionTransformer(**{**TINY_VIT, "patch_size": 6}, stem="conv").init(
+            jax.random.PRNGKey(0), jnp.ones((1, 12, 12, 3))
+        )
 
 
 def test_vit_rejects_images_not_divisible_by_the_patch(vit_and_params):

@@ -12,7 +12,9 @@ from clipjax.train.optim import global_norm, lr_schedule, make_optimizer, weight
 
 def optim_config(**overrides):
     config = ConfigDict(
-        dict(lr=1e-3, warmup_steps=10, min_lr_ratio=0.0, weight_decay=0.2, b1=0.9, b2=0.95, eps=1e-6, grad_clip_norm=1.0)
+        dict(
+            lr=1e-3, warmup_steps=10, min_lr_ratio=0.0, weight_decay=0.2, b1=0.9, b2=0.95, eps=1e-6, grad_clip_norm=1.0
+        )
     )
     config.update(overrides)
     return config
@@ -31,11 +33,20 @@ def test_schedule_matches_open_clip_cosine_lr():
 
 
 def test_decay_mask_excludes_biases_norms_tokens_and_scale():
-    params = {"dense": {"kernel": jnp.ones((3, 4)), "bias": jnp.ones(4)}, "ln": {"scale": jnp.ones(4)}, "cls": jnp.ones(4),
-              "logit_scale": jnp.ones(()), "pos_embed": jnp.ones((5, 4))}  # fmt: skip
-    mask = weight_decay_mask(params)
-    assert mask == {"dense": {"kernel": True, "bias": False}, "ln": {"scale": False}, "cls": False,
-                    "logit_scale": False, "pos_embed": True}  # fmt: skip
+    params = {
+        "dense": {"kernel": jnp.ones((3, 4)), "bias": jnp.ones(4)},
+        "ln": {"scale": jnp.ones(4)},
+        "cls": jnp.ones(4),
+        "logit_scale": jnp.ones(()),
+        "pos_embed": jnp.ones((5, 4)),
+    }
+    assert weight_decay_mask(params) == {
+        "dense": {"kernel": True, "bias": False},
+        "ln": {"scale": False},
+        "cls": False,
+        "logit_scale": False,
+        "pos_embed": True,
+    }
 
 
 def test_first_adamw_step_with_clipping_and_decay():

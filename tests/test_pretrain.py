@@ -14,7 +14,14 @@ from clipjax.train.metrics import read_metrics
 def run_cli(repo_root, workdir, *extra):
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        status = main([f"--config={repo_root}/configs/demo.py:smoke", f"--workdir={workdir}", "--config.progress_bar=false", *extra])
+        status = main(
+            [
+                f"--config={repo_root}/configs/demo.py:smoke",
+                f"--workdir={workdir}",
+                "--config.progress_bar=false",
+                *extra,
+            ]
+        )
     return status, out.getvalue()
 
 

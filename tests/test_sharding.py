@@ -35,7 +35,9 @@ def one_step(config, devices, batch):
     mesh = make_mesh(config.mesh, devices)
     model = build_clip(config.model)
     tx = make_optimizer(config.optim, config.total_steps)
-    init, step, target = shard_functions(make_init_state(model, tx, config), make_train_step(model, tx, config), mesh, config)
+    init, step, target = shard_functions(
+        make_init_state(model, tx, config), make_train_step(model, tx, config, mesh), mesh, config
+    )
     state = init(jax.random.PRNGKey(0))
     before = jax.tree.map(np.asarray, state)  # the step donates (and so deletes) the state it is given
     new_state, metrics = step(state, put_batch(batch, batch_sharding(mesh)))

@@ -43,7 +43,10 @@ def test_overlong_text_keeps_end_token_last():
 
 def test_decode_inverts_encode_on_clean_text():
     text = "a large red star, partly hidden behind it; naïve café 2024!"
-    assert default_tokenizer().decode(tokenize(text)[0]) == "a large red star , partly hidden behind it ; naïve café 2 0 2 4 !"
+    assert (
+        default_tokenizer().decode(tokenize(text)[0])
+        == "a large red star , partly hidden behind it ; naïve café 2 0 2 4 !"
+    )
 
 
 def test_rejects_a_context_too_short_for_start_and_end():

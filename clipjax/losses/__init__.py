@@ -1,5 +1,5 @@
-"""Losses: contrastive image-text losses (later: dense-task losses)."""
+"""Losses: contrastive image-text losses over the global batch (later: dense-task losses)."""
 
-from clipjax.losses.contrastive import clip_loss
+from clipjax.losses.contrastive import clip_loss, siglip_loss
 
-__all__ = ["clip_loss"]
+__all__ = ["clip_loss", "siglip_loss"]

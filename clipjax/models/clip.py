@@ -21,17 +21,21 @@ class CLIP(nn.Module):
 
     `image` maps images [B, H, W, 3] and `text` maps tokens [B, L] to dicts with an "embedding" entry
     (VisionTransformer and TextTransformer do). The parameter `logit_scale` holds the *log* of the logit
-    scale (as open_clip stores it), initialised to log(1 / temperature_init).
+    scale (as open_clip stores it), initialised to log(1 / temperature_init); `logit_bias`, when
+    `logit_bias_init` is set, is SigLIP's bias, read by the loss from the parameters.
     """
 
     image: nn.Module
     text: nn.Module
     temperature_init: float = 0.07
+    logit_bias_init: float | None = None  # adds a learnable `logit_bias` parameter (SigLIP)
 
     def setup(self) -> None:
         self.logit_scale = self.param(
             "logit_scale", nn.initializers.constant(math.log(1.0 / self.temperature_init)), ()
         )
+        if self.logit_bias_init is not None:
+            self.logit_bias = self.param("logit_bias", nn.initializers.constant(self.logit_bias_init), ())
 
     def encode_image(self, images: jax.Array) -> jax.Array:
         """Images [B, H, W, 3] (normalised floats) -> unit embeddings [B, embed_dim] float32."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+
 import jax.numpy as jnp
 from ml_collections import ConfigDict
 
@@ -80,5 +81,9 @@ def build_clip(model: ConfigDict) -> CLIP:
         remat=model.remat,
         dtype=DTYPES[model.dtype],
     )
-    return CLIP(image=build_image_tower(model), text=text, temperature_init=model.temperature_init)
-
+    return CLIP(
+        image=build_image_tower(model),
+        text=text,
+        temperature_init=model.temperature_init,
+        logit_bias_init=model.logit_bias_init,
+    )

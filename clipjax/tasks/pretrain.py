@@ -16,7 +16,7 @@ from clipjax.data import synthetic
 from clipjax.data.pipeline import pretrain_dataset
 from clipjax.data.transforms import normalize_images
 from clipjax.evals.zeroshot import ZeroShotEvaluator
-from clipjax.losses import clip_loss
+from clipjax.losses import clip_loss, siglip_loss
 from clipjax.models import CLIP, build_clip, clamp_logit_scale
 from clipjax.train.loop import Metrics, Task, train
 from clipjax.train.optim import global_norm, lr_schedule, make_optimizer
@@ -37,21 +37,28 @@ def make_init_state(model: CLIP, tx: optax.GradientTransformation, config: Confi
     return init_state
 
 
-def make_train_step(model: CLIP, tx: optax.GradientTransformation, config: ConfigDict):
-    """(state, batch) -> (state, metrics): one AdamW step on the CLIP loss of the global batch.
+def make_train_step(model: CLIP, tx: optax.GradientTransformation, config: ConfigDict, mesh: Mesh | None = None):
+    """(state, batch) -> (state, metrics): one AdamW step on the contrastive loss of the global batch.
 
     batch: image uint8 [B, S, S, 3], text int32 [B, L], and with captions="both" text_synthetic int32
-    [B, L], whose loss against the same images is added (MobileCLIP's recipe).
+    [B, L], whose loss against the same images is added (MobileCLIP's recipe). With a `mesh`, the fused
+    loss runs sharded over its batch axes.
     """
     schedule = lr_schedule(config.optim, config.total_steps)
+    options = {"impl": config.loss.impl, "mesh": mesh, "block_size": config.loss.block_size}
+
+    def contrastive(params: Any, image_emb: jax.Array, text_emb: jax.Array, scale: jax.Array) -> jax.Array:
+        if config.loss.kind == "siglip":
+            return siglip_loss(image_emb, text_emb, scale, params["logit_bias"], **options)
+        return clip_loss(image_emb, text_emb, scale, **options)
 
     def loss_fn(params: Any, batch: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
         images = normalize_images(batch["image"], config.data.normalize)
         image_emb, text_emb, scale = model.apply({"params": params}, images, batch["text"])
-        loss = clip_loss(image_emb, text_emb, scale, impl=config.loss.impl)
+        loss = contrastive(params, image_emb, text_emb, scale)
         if "text_synthetic" in batch:
             synthetic_emb = model.apply({"params": params}, batch["text_synthetic"], method=CLIP.encode_text)
-            loss = loss + clip_loss(image_emb, synthetic_emb, scale, impl=config.loss.impl)
+            loss = loss + contrastive(params, image_emb, synthetic_emb, scale)
         return loss, scale
 
     def train_step(state: TrainState, batch: dict[str, jax.Array]) -> tuple[TrainState, Metrics]:
@@ -65,6 +72,8 @@ def make_train_step(model: CLIP, tx: optax.GradientTransformation, config: Confi
             "train/logit_scale": scale,
             "train/grad_norm": global_norm(grads),
         }
+        if "logit_bias" in state.params:  # the values the step used, like the scale
+            metrics["train/logit_bias"] = state.params["logit_bias"]
         return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
     return train_step
@@ -100,7 +109,7 @@ def run(config: ConfigDict, workdir: str, mesh: Mesh) -> Metrics:
     pairs_per_image = 2 if config.data.captions == "both" else 1
     task = Task(
         init_state=make_init_state(model, tx, config),
-        train_step=make_train_step(model, tx, config),
+        train_step=make_train_step(model, tx, config, mesh),
         dataset=pretrain_dataset(config, process_index=jax.process_index(), process_count=jax.process_count()),
         evaluate=make_evaluator(model, mesh, config),
         examples_per_step=config.batch_size * pairs_per_image,

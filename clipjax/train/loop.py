@@ -162,9 +162,7 @@ def train(config: ConfigDict, workdir: str, mesh: Mesh, task: Task) -> Metrics:
         writer.close()
     if timed_steps:
         summary[task.throughput_key] = timed_steps * task.examples_per_step / train_seconds
-    summary.update(
-        steps=int(state.step), wall_time_s=time.perf_counter() - wall_start, compile_time_s=compile_seconds
-    )
+    summary.update(steps=int(state.step), wall_time_s=time.perf_counter() - wall_start, compile_time_s=compile_seconds)
     return summary
 
 
