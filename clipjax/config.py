@@ -20,10 +20,9 @@ from typing import Any
 from ml_collections import ConfigDict
 
 from clipjax.defaults import base_config
+from clipjax.errors import ConfigError
 
-
-class ConfigError(ValueError):
-    """A config problem a user must fix; the message is one line naming the key and the fix."""
+__all__ = ["ConfigError", "apply_override", "choice", "load_config", "merge_onto_defaults", "parse_arg"]
 
 
 def parse_arg(arg: str | None, **defaults: Any) -> ConfigDict:

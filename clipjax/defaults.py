@@ -19,6 +19,9 @@ def base_config() -> ConfigDict:
     c.log_every = 50  # steps between metrics.jsonl / TensorBoard rows
     c.checkpoint_every = 1000  # steps between checkpoints (one is always written at the end)
     c.keep_checkpoints = 3  # the newest N are kept
+    c.keep_every = 0  # also keep every checkpoint whose step is a multiple of this (0: none)
+    c.max_bad_steps = 10  # stop after this many updates in a row skipped for non-finite loss/grads (0: never)
+    c.preemption_grace_s = 120.0  # after SIGTERM/SIGINT, save and exit within this many seconds
     c.eval_every = 0  # steps between evaluations; 0 evaluates only at the end
     c.init = None  # a checkpoint directory to start from (finetuning); None: random init
     c.progress_bar = True

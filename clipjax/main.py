@@ -2,8 +2,10 @@
 
   python -m clipjax.main --config=configs/FILE.py[:ARGS] --workdir=DIR [--config.KEY=VALUE ...]
 
-Loads and validates the config (a bad key or value exits with status 2 and one line on stderr), builds
-the device mesh and runs `config.task` in DIR. Running the same command again resumes from DIR.
+Loads and validates the config, builds the device mesh and runs `config.task` in DIR. Running the same
+command again resumes from DIR. Exit status: 0 done; 2 bad config (one line on stderr); 1 another
+problem the user must fix, e.g. an unwritable workdir or checkpoints from another model (one line);
+75 stopped by SIGTERM / SIGINT after saving a checkpoint (run the command again to resume).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ def parse_command_line(argv: Sequence[str]) -> tuple[str, str, list[tuple[str, s
 
     Accepts `--flag=value` and `--flag value`. Raises ConfigError on anything else.
     """
-    from clipjax.config import ConfigError
+    from clipjax.errors import ConfigError
 
     spec, workdir, overrides = None, None, []
     args = list(argv)
@@ -66,7 +68,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Imported here so that --help and usage errors answer before JAX starts.
     import jax
 
-    from clipjax.config import ConfigError, load_config
+    from clipjax.config import load_config
+    from clipjax.errors import Preempted, UserError
     from clipjax.parallel import make_mesh
     from clipjax.tasks import TASKS
     from clipjax.validation import validate
@@ -85,9 +88,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 flush=True,
             )
         summary = TASKS[config.task](config, workdir, mesh)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return e.exit_status
+    except Preempted as e:
+        print(f"stopped: {e}", file=sys.stderr, flush=True)
+        return e.exit_status
     if jax.process_index() == 0:
         print(format_summary(config.task, workdir, summary), flush=True)
     return 0

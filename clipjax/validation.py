@@ -6,9 +6,10 @@ import math
 
 from ml_collections import ConfigDict
 
-from clipjax.config import ConfigError, choice
+from clipjax.config import choice
 from clipjax.data.pipeline import CAPTION_POLICIES, DATA_KINDS
 from clipjax.data.transforms import NORMALIZATIONS
+from clipjax.errors import ConfigError
 from clipjax.losses.contrastive import IMPLEMENTATIONS, LOSS_KINDS
 from clipjax.models.layers import ACTIVATIONS, REMAT_POLICIES
 from clipjax.models.presets import DTYPES, TEXT_SIZES, image_tower_dims, image_tower_names, text_tower_dims
@@ -22,8 +23,11 @@ def validate(config: ConfigDict, *, num_devices: int, process_count: int, tasks:
     for key in ("batch_size", "total_steps", "log_every", "checkpoint_every", "keep_checkpoints"):
         if config[key] < 1:
             raise ConfigError(f"config.{key}={config[key]} must be at least 1")
-    if config.eval_every < 0:
-        raise ConfigError(f"config.eval_every={config.eval_every} must be 0 (evaluate at the end) or positive")
+    for key in ("eval_every", "keep_every", "max_bad_steps"):
+        if config[key] < 0:
+            raise ConfigError(f"config.{key}={config[key]} must be 0 (off) or positive")
+    if config.preemption_grace_s <= 0:
+        raise ConfigError(f"config.preemption_grace_s={config.preemption_grace_s} must be positive")
     if config.init is not None:
         raise ConfigError(
             f"config.init={config.init!r}: task {config.task!r} starts from random weights (and resumes from its "

@@ -33,3 +33,14 @@ def test_resuming_sets_aside_rows_logged_after_the_checkpoint(tmp_path):
     ]
     set_aside = [json.loads(line) for line in (tmp_path / DISCARDED_FILE).read_text().splitlines()]
     assert [row["step"] for row in set_aside] == [30, 40]
+
+
+def test_a_line_torn_by_a_crash_is_set_aside(tmp_path):
+    writer = MetricWriter(str(tmp_path))
+    writer.write(10, {"train/loss": 1.0})
+    writer.close()
+    with open(tmp_path / METRICS_FILE, "a") as f:
+        f.write('{"step": 20, "train/lo')
+    MetricWriter(str(tmp_path), resume_step=10).close()
+    assert read_metrics(str(tmp_path)) == [{"step": 10, "train/loss": 1.0}]
+    assert (tmp_path / DISCARDED_FILE).read_text() == '{"step": 20, "train/lo\n'

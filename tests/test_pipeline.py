@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from clipjax.data.pipeline import pretrain_dataset
+from clipjax.data.pipeline import pretrain_dataset, pretrain_source
 from clipjax.data.synthetic import SyntheticScenes
 from clipjax.defaults import base_config
 from clipjax.tokenizer import tokenize
@@ -20,7 +20,9 @@ def small_config(**data):
 
 
 def first_batches(config, count, process_index=0, process_count=1):
-    iterator = iter(pretrain_dataset(config, process_index=process_index, process_count=process_count))
+    iterator = iter(
+        pretrain_dataset(config, pretrain_source(config), process_index=process_index, process_count=process_count)
+    )
     return [next(iterator) for _ in range(count)]
 
 
@@ -73,12 +75,12 @@ def test_hosts_read_disjoint_halves_of_the_global_batch():
 
 def test_restored_iterator_continues_with_the_same_batches():
     config = small_config()
-    iterator = iter(pretrain_dataset(config, process_index=0, process_count=1))
+    iterator = iter(pretrain_dataset(config, pretrain_source(config), process_index=0, process_count=1))
     for _ in range(8):  # past one epoch of 50 examples, so the reshuffle is covered too
         next(iterator)
     state = iterator.get_state()
     expected = [next(iterator) for _ in range(3)]
-    resumed = iter(pretrain_dataset(config, process_index=0, process_count=1))
+    resumed = iter(pretrain_dataset(config, pretrain_source(config), process_index=0, process_count=1))
     resumed.set_state(state)
     for want in expected:
         got = next(resumed)
@@ -93,3 +95,18 @@ def test_epochs_are_reshuffled():
     order = [find_record(image, source) for batch in batches for image in batch["image"]]
     assert sorted(order[:50]) == list(range(50))
     assert order[50:96] != order[:46]
+
+
+def test_start_sample_continues_the_global_order_on_any_number_of_hosts():
+    config = small_config()
+    source = pretrain_source(config)
+    whole = first_batches(config, 4)  # global elements 0..31, 8 a batch
+    images = lambda b: [b["image"][i].tobytes() for i in range(len(b["image"]))]  # noqa: E731
+    expected = images(whole[2]) + images(whole[3])  # elements 16..31
+    for hosts in (1, 2):
+        config.batch_size = 16
+        parts = [
+            next(iter(pretrain_dataset(config, source, process_index=p, process_count=hosts, start_sample=16)))
+            for p in range(hosts)
+        ]
+        assert sorted(sum((images(part) for part in parts), [])) == sorted(expected)

@@ -13,7 +13,7 @@ from jax.sharding import Mesh
 from ml_collections import ConfigDict
 
 from clipjax.data import synthetic
-from clipjax.data.pipeline import pretrain_dataset
+from clipjax.data.pipeline import pretrain_dataset, pretrain_source
 from clipjax.data.transforms import normalize_images
 from clipjax.evals.zeroshot import ZeroShotEvaluator
 from clipjax.losses import clip_loss, siglip_loss
@@ -31,8 +31,7 @@ def make_init_state(model: CLIP, tx: optax.GradientTransformation, config: Confi
         size = config.model.image_size
         images = jnp.zeros((1, size, size, 3), jnp.float32)
         tokens = jnp.zeros((1, config.model.text.context_length), jnp.int32)
-        params = model.init(params_rng, images, tokens)["params"]
-        return TrainState(step=jnp.int32(0), params=params, opt_state=tx.init(params), rng=state_rng)
+        return TrainState.create(model.init(params_rng, images, tokens)["params"], tx, state_rng)
 
     return init_state
 
@@ -63,18 +62,19 @@ def make_train_step(model: CLIP, tx: optax.GradientTransformation, config: Confi
 
     def train_step(state: TrainState, batch: dict[str, jax.Array]) -> tuple[TrainState, Metrics]:
         (loss, scale), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = clamp_logit_scale(optax.apply_updates(state.params, updates), config.model.logit_scale_max)
+        constrain = functools.partial(clamp_logit_scale, max_scale=config.model.logit_scale_max)
+        new_state, guard_metrics = state.apply_gradients(grads, loss, tx, constrain)
         metrics = {
             "train/loss": loss,
             "train/lr": schedule(state.step),
             "train/temperature": 1.0 / scale,
             "train/logit_scale": scale,
             "train/grad_norm": global_norm(grads),
+            **guard_metrics,
         }
         if "logit_bias" in state.params:  # the values the step used, like the scale
             metrics["train/logit_bias"] = state.params["logit_bias"]
-        return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+        return new_state, metrics
 
     return train_step
 
@@ -104,13 +104,20 @@ def make_evaluator(model: CLIP, mesh: Mesh, config: ConfigDict) -> ZeroShotEvalu
 
 def run(config: ConfigDict, workdir: str, mesh: Mesh) -> Metrics:
     """Pretrains CLIP as `config` says, in `workdir` (resuming if it holds checkpoints)."""
+    source = pretrain_source(config)  # first: an unreadable data config stops the run before any output
     model = build_clip(config.model)
     tx = make_optimizer(config.optim, config.total_steps)
     pairs_per_image = 2 if config.data.captions == "both" else 1
     task = Task(
         init_state=make_init_state(model, tx, config),
         train_step=make_train_step(model, tx, config, mesh),
-        dataset=pretrain_dataset(config, process_index=jax.process_index(), process_count=jax.process_count()),
+        dataset=lambda start_sample: pretrain_dataset(
+            config,
+            source,
+            process_index=jax.process_index(),
+            process_count=jax.process_count(),
+            start_sample=start_sample,
+        ),
         evaluate=make_evaluator(model, mesh, config),
         examples_per_step=config.batch_size * pairs_per_image,
     )

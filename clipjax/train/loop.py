@@ -1,8 +1,14 @@
-"""The one train loop every task runs: init or resume, step, log, evaluate, checkpoint.
+"""The one train loop every task runs: init or resume, step, log, evaluate, checkpoint, stop cleanly.
 
 A task hands the loop a `Task`: how to build the initial state, the (unjitted) train step, its dataset
-and its evaluator. The loop owns the jit with explicit shardings, buffer donation, the workdir layout
-(config.json, metrics.jsonl, TensorBoard events, checkpoints/) and the progress bar.
+and its evaluator. The loop owns the jit with explicit shardings and buffer donation, the workdir
+(config.json, metrics.jsonl, TensorBoard events, checkpoints/), exact resume, preemption handling and
+the progress bar.
+
+Resuming is exact: the checkpoint holds the state, the data iterator position and the metrics of the
+logging window in progress, so a run killed at any moment and restarted with the same command logs the
+same `train/loss` sequence and ends with the same parameters as an uninterrupted run. If the global
+batch size or the number of hosts changed, the data restarts at the first sample not yet seen.
 """
 
 from __future__ import annotations
@@ -20,12 +26,21 @@ import tqdm
 from jax.sharding import Mesh
 from ml_collections import ConfigDict
 
+from clipjax.errors import ConfigError, Preempted, UserError
 from clipjax.parallel import batch_sharding, put_batch, replicated, state_shardings
-from clipjax.train.checkpoint import Checkpointer
+from clipjax.train.checkpoint import Checkpointer, abstract_shapes
 from clipjax.train.metrics import MetricWriter
+from clipjax.train.preemption import PreemptionGuard
 from clipjax.train.state import TrainState
 
 Metrics = dict[str, Any]
+
+# Config keys a run cannot change and still continue its checkpoints (model.dtype and model.remat only
+# change how the same function is computed, so they may change).
+INCOMPATIBLE_KEYS = ("task", "seed", "model", "loss.kind")
+COMPATIBLE_MODEL_KEYS = ("model.dtype", "model.remat")
+# How a logging window reduces each metric; everything else is averaged.
+WINDOW_REDUCTIONS = {"train/skipped_steps": "last", "train/bad_streak": "max"}
 
 
 @dataclasses.dataclass
@@ -34,8 +49,9 @@ class Task:
 
     init_state: rng key (uint32 [2]) -> TrainState; jitted by the loop so parameters are born sharded.
     train_step: (TrainState, batch dict of global arrays) -> (TrainState, scalar metrics); jitted by the
-      loop with the state donated.
-    dataset: yields this host's numpy batches; its iterator state is checkpointed.
+      loop with the state donated. It should update through `TrainState.apply_gradients`.
+    dataset: start_sample -> this host's batches from global sample `start_sample` on; the iterator's
+      position is checkpointed.
     evaluate: params -> metrics (e.g. {"eval/zeroshot_top1": 0.6}); run every eval_every steps and at
       the end.
     examples_per_step: global examples per step, for the throughput metric named `throughput_key`.
@@ -43,26 +59,10 @@ class Task:
 
     init_state: Callable[[jax.Array], TrainState]
     train_step: Callable[[TrainState, dict[str, jax.Array]], tuple[TrainState, Metrics]]
-    dataset: grain.IterDataset
+    dataset: Callable[[int], grain.IterDataset]
     evaluate: Callable[[Any], Metrics]
     examples_per_step: int
     throughput_key: str = "train/pairs_per_s"
-
-
-def save_config(config: ConfigDict, workdir: str) -> None:
-    """Writes config.json; a different config.json from an earlier run is kept under a numbered name."""
-    path = os.path.join(workdir, "config.json")
-    text = json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n"
-    if os.path.exists(path):
-        with open(path, encoding="utf-8") as f:
-            if f.read() == text:
-                return
-        n = 1
-        while os.path.exists(os.path.join(workdir, f"config.{n}.json")):
-            n += 1
-        os.replace(path, os.path.join(workdir, f"config.{n}.json"))
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(text)
 
 
 def shard_functions(
@@ -90,28 +90,96 @@ def shard_functions(
     return init, step, target
 
 
+def prepare_workdir(workdir: str) -> None:
+    """Creates the workdir and proves it writable, or raises a one-line UserError."""
+    probe = os.path.join(workdir, ".clipjax-write-test")
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        with open(probe, "w", encoding="utf-8") as f:
+            f.write("ok")
+        os.remove(probe)
+    except OSError as e:
+        raise UserError(f"workdir {workdir} is not writable: {e.strerror or e}") from None
+
+
+def save_config(config: ConfigDict, workdir: str) -> None:
+    """Writes config.json atomically; a different config.json from an earlier run is kept as config.N.json."""
+    path = os.path.join(workdir, "config.json")
+    text = json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n"
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            if f.read() == text:
+                return
+        n = 1
+        while os.path.exists(os.path.join(workdir, f"config.{n}.json")):
+            n += 1
+        os.replace(path, os.path.join(workdir, f"config.{n}.json"))
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(path + ".tmp", path)
+
+
+def check_compatible(saved: dict[str, Any], config: ConfigDict, directory: str) -> None:
+    """Raises ConfigError if `config` changed a key the checkpoints in `directory` depend on."""
+    old, new = _flatten(saved), _flatten(config.to_dict())
+    for key in sorted(set(old) | set(new)):
+        incompatible = any(key == k or key.startswith(k + ".") for k in INCOMPATIBLE_KEYS)
+        if incompatible and key not in COMPATIBLE_MODEL_KEYS and old.get(key) != new.get(key):
+            raise ConfigError(
+                f"config.{key} was {old.get(key)!r} when the checkpoints in {directory} were written and is "
+                f"{new.get(key)!r} now; resuming would mix two runs: restore the old value or use a new --workdir"
+            )
+
+
+def check_shapes(saved: dict[str, tuple], expected: dict[str, tuple], step: int, directory: str) -> None:
+    """Raises ConfigError if checkpoint `step` does not hold the arrays this config builds."""
+    for path in sorted(set(saved) | set(expected)):
+        if saved.get(path) != expected.get(path):
+            raise ConfigError(
+                f"the checkpoint of step {step} in {directory} holds a different model: {path} is "
+                f"{saved.get(path, 'missing')} there and {expected.get(path, 'missing')} in this config; "
+                "use the config that wrote it or a new --workdir"
+            )
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        flat.update(_flatten(value, name + ".") if isinstance(value, dict) else {name: value})
+    return flat
+
+
 def train(config: ConfigDict, workdir: str, mesh: Mesh, task: Task) -> Metrics:
     """Runs `task` to `config.total_steps`, resuming from the newest checkpoint in the workdir.
 
     Returns:
       Summary: the final evaluation metrics, the throughput over this run's steps (compilation excluded),
       "steps", "wall_time_s" and "compile_time_s".
+
+    Raises:
+      UserError (ConfigError): the workdir is unusable, its checkpoints do not fit this config, a
+        checkpoint could not be written, or the loss stayed non-finite for config.max_bad_steps steps.
+      Preempted: SIGTERM / SIGINT arrived; a checkpoint of the current step was saved.
     """
     wall_start = time.perf_counter()
-    os.makedirs(workdir, exist_ok=True)
+    prepare_workdir(workdir)
+    init_fn, step_fn, target = shard_functions(task.init_state, task.train_step, mesh, config)
+    checkpointer = Checkpointer(
+        os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints, keep_every=config.keep_every
+    )
+    resume_step = checkpointer.latest_step()
+    state, data_iterator, carried = _init_or_resume(config, task, checkpointer, resume_step, init_fn, target)
     if jax.process_index() == 0:
         save_config(config, workdir)
-    init_fn, step_fn, target = shard_functions(task.init_state, task.train_step, mesh, config)
-    data_sharding = batch_sharding(mesh)
-    data_iterator = iter(task.dataset)
-    checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints)
-    resume_step = checkpointer.latest_step()
-    if resume_step is None:
-        state = init_fn(jax.random.PRNGKey(config.seed))
-    else:
-        state = checkpointer.restore(resume_step, target, data_iterator)
     writer = MetricWriter(workdir, resume_step=resume_step or 0)
     start = int(state.step)
+    samples_seen = carried["samples_seen"]
+    # Metrics of the logging window in progress, as host floats when restored from the checkpoint.
+    window: list[Metrics] = list(carried["window"])
+    untimed = len(window) + 1  # restored steps and the compiling first step have no time in this run
+    window_start, paused = time.perf_counter(), 0.0
+    train_seconds, timed_steps, compile_seconds = 0.0, 0, 0.0
     progress = tqdm.tqdm(
         total=config.total_steps,
         initial=start,
@@ -119,53 +187,122 @@ def train(config: ConfigDict, workdir: str, mesh: Mesh, task: Task) -> Metrics:
         disable=not (config.progress_bar and writer.enabled),
         dynamic_ncols=True,
     )
-
-    window: list[Metrics] = []
-    untimed = 0  # steps of the window whose time is not counted (the compiling first step)
-    window_start, paused = time.perf_counter(), 0.0
-    train_seconds, timed_steps, compile_seconds = 0.0, 0, 0.0
     try:
-        for step in range(start, config.total_steps):
-            batch = put_batch(next(data_iterator), data_sharding)
-            state, metrics = step_fn(state, batch)
-            window.append(metrics)
-            done = step + 1
-            if step == start:
-                # The first step compiles; keep it out of the throughput figures.
-                jax.block_until_ready(state)
-                compile_seconds = time.perf_counter() - window_start
-                window_start, untimed = time.perf_counter(), 1
-            progress.update(1)
-            if done % config.log_every == 0 or done == config.total_steps:
-                row = _mean(jax.device_get(window))
-                seconds, timed = time.perf_counter() - window_start - paused, len(window) - untimed
-                if timed:
-                    row[task.throughput_key] = timed * task.examples_per_step / seconds
-                    train_seconds, timed_steps = train_seconds + seconds, timed_steps + timed
-                writer.write(done, row)
-                progress.set_postfix({k.split("/")[-1]: f"{v:.4g}" for k, v in row.items() if k.startswith("train/")})
-                window, untimed = [], 0
-                window_start, paused = time.perf_counter(), 0.0
-            pause_start = time.perf_counter()
-            if config.eval_every and done % config.eval_every == 0 and done != config.total_steps:
-                writer.write(done, task.evaluate(state.params))
-            if done % config.checkpoint_every == 0 or done == config.total_steps:
-                checkpointer.save(done, state, data_iterator)
-            paused += time.perf_counter() - pause_start
-        progress.close()
-        summary = task.evaluate(state.params)
-        if start < config.total_steps:  # a finished run re-run only reports; its log already has this row
-            writer.write(int(state.step), summary)
+        with PreemptionGuard(config.preemption_grace_s) as guard:
+            for step in range(start, config.total_steps):
+                batch = put_batch(next(data_iterator), batch_sharding(mesh))
+                state, metrics = step_fn(state, batch)
+                window.append(metrics)
+                samples_seen += config.batch_size
+                done = step + 1
+                if step == start:
+                    jax.block_until_ready(state)
+                    compile_seconds = time.perf_counter() - window_start
+                    window_start = time.perf_counter()
+                progress.update(1)
+                if done % config.log_every == 0 or done == config.total_steps:
+                    rows = _host_window(window, done, config.max_bad_steps, checkpointer)
+                    row = _reduce(rows)
+                    seconds, timed = time.perf_counter() - window_start - paused, len(rows) - untimed
+                    if timed > 0:
+                        row[task.throughput_key] = timed * task.examples_per_step / seconds
+                        train_seconds, timed_steps = train_seconds + seconds, timed_steps + timed
+                    writer.write(done, row)
+                    progress.set_postfix({k.split("/")[-1]: f"{v:.4g}" for k, v in row.items() if "loss" in k})
+                    window, untimed = [], 0
+                    window_start, paused = time.perf_counter(), 0.0
+                pause_start = time.perf_counter()
+                if config.eval_every and done % config.eval_every == 0 and done != config.total_steps:
+                    writer.write(done, task.evaluate(state.params))
+                stop = guard.requested
+                if done % config.checkpoint_every == 0 or done == config.total_steps or stop:
+                    window = _host_window(window, done, config.max_bad_steps, checkpointer)
+                    loop = {
+                        "samples_seen": samples_seen,
+                        "batch_size": config.batch_size,
+                        "process_count": jax.process_count(),
+                        "window": window,
+                        "config": config.to_dict(),
+                    }
+                    checkpointer.save(done, state, data_iterator, loop)
+                if stop:
+                    checkpointer.wait()
+                    raise Preempted(
+                        f"{guard.signal_name} at step {done}: checkpoint saved in {checkpointer.directory}; "
+                        "run the same command again to resume"
+                    )
+                paused += time.perf_counter() - pause_start
+            progress.close()
+            summary = task.evaluate(state.params)
+            if start < config.total_steps:  # a finished run re-run only reports; its log already has this row
+                writer.write(int(state.step), summary)
+            checkpointer.wait()
     finally:
-        # Lets an in-flight asynchronous save complete; orbax never exposes a half-written step anyway.
-        checkpointer.close()
+        progress.close()
         writer.close()
+        checkpointer.close()
     if timed_steps:
         summary[task.throughput_key] = timed_steps * task.examples_per_step / train_seconds
     summary.update(steps=int(state.step), wall_time_s=time.perf_counter() - wall_start, compile_time_s=compile_seconds)
     return summary
 
 
-def _mean(rows: list[Metrics]) -> dict[str, float]:
-    """Per-key mean over the steps of a logging window."""
-    return {key: float(np.mean([row[key] for row in rows])) for key in rows[0]}
+def _init_or_resume(
+    config: ConfigDict,
+    task: Task,
+    checkpointer: Checkpointer,
+    step: int | None,
+    init_fn: Callable,
+    target: Any,
+) -> tuple[TrainState, grain.DatasetIterator, dict[str, Any]]:
+    """A fresh state and data stream, or both restored from checkpoint `step`; plus the carried loop state."""
+    if step is None:
+        return init_fn(jax.random.PRNGKey(config.seed)), iter(task.dataset(0)), {"samples_seen": 0, "window": []}
+    carried = checkpointer.loop_state(step)
+    check_compatible(carried["config"], config, checkpointer.directory)
+    check_shapes(checkpointer.saved_shapes(step), abstract_shapes(target), step, checkpointer.directory)
+    same_layout = carried["batch_size"] == config.batch_size and carried["process_count"] == jax.process_count()
+    if same_layout:
+        data_iterator = iter(task.dataset(0))
+        state = checkpointer.restore(step, target, data_iterator)
+    else:
+        # The iterator position counts batches of the old layout; continue from the samples seen instead.
+        data_iterator = iter(task.dataset(carried["samples_seen"]))
+        state = checkpointer.restore(step, target, None)
+        if jax.process_index() == 0:
+            print(
+                f"resuming step {step} with global batch {config.batch_size} on {jax.process_count()} host(s) "
+                f"(was {carried['batch_size']} on {carried['process_count']}): data continues at sample "
+                f"{carried['samples_seen']}",
+                flush=True,
+            )
+    return state, data_iterator, carried
+
+
+def _host_window(window: list[Metrics], done: int, max_bad_steps: int, checkpointer: Checkpointer) -> list[Metrics]:
+    """Fetches the window's metrics as host floats, and stops the run if updates kept being skipped."""
+    rows = [{key: float(value) for key, value in row.items()} for row in jax.device_get(window)]
+    for offset, row in enumerate(rows):
+        if max_bad_steps and row.get("train/bad_streak", 0) >= max_bad_steps:
+            failed_step = done - len(rows) + offset + 1
+            latest = checkpointer.latest_step()
+            raise UserError(
+                f"step {failed_step}: the loss or gradients were not finite for {max_bad_steps} steps in a row "
+                f"(config.max_bad_steps); stopped without saving. The newest checkpoint is "
+                f"{'step ' + str(latest) if latest is not None else 'none'} in {checkpointer.directory}"
+            )
+    return rows
+
+
+def _reduce(rows: list[Metrics]) -> dict[str, float]:
+    """One log row from a window's per-step metrics: mean, or as WINDOW_REDUCTIONS says.
+
+    Values are averaged in float64, where float32 and restored floats agree exactly, so a resumed run
+    logs bit-identical rows.
+    """
+    reduced = {}
+    for key in rows[0]:
+        values = np.asarray([row[key] for row in rows], np.float64)
+        how = WINDOW_REDUCTIONS.get(key, "mean")
+        reduced[key] = float(values[-1] if how == "last" else values.max() if how == "max" else values.mean())
+    return reduced

@@ -20,9 +20,9 @@ DISCARDED_FILE = "metrics.discarded.jsonl"
 class MetricWriter:
     """Appends rows to `<workdir>/metrics.jsonl` and scalars to TensorBoard event files in `<workdir>`.
 
-    When a run resumes from the checkpoint of step `resume_step`, rows logged after that step by the
-    interrupted run are moved to metrics.discarded.jsonl (kept, not lost), so metrics.jsonl reads as one
-    uninterrupted run.
+    When a run resumes from the checkpoint of step `resume_step` (0: it starts over), rows logged after
+    that step by the interrupted run (and a last line torn by a crash) are moved to metrics.discarded.jsonl (kept, not
+    lost), so metrics.jsonl reads as one uninterrupted run.
     """
 
     def __init__(self, workdir: str, *, resume_step: int = 0) -> None:
@@ -30,16 +30,16 @@ class MetricWriter:
         self._path = os.path.join(workdir, METRICS_FILE)
         if not self.enabled:
             return
-        if resume_step and os.path.exists(self._path):
+        if os.path.exists(self._path):  # also when starting over: rows of a run with no checkpoint are stale
             self._move_rows_after(resume_step)
         self._jsonl = open(self._path, "a", encoding="utf-8")
         self._tensorboard = SummaryWriter(logdir=workdir, flush_secs=30)
 
     def _move_rows_after(self, step: int) -> None:
         with open(self._path, encoding="utf-8") as f:
-            rows = [line for line in f if line.strip()]
-        keep = [row for row in rows if json.loads(row)["step"] <= step]
-        later = [row for row in rows if json.loads(row)["step"] > step]
+            rows = [line if line.endswith("\n") else line + "\n" for line in f if line.strip()]
+        keep = [row for row in rows if _step_of(row) <= step]
+        later = [row for row in rows if _step_of(row) > step]
         if not later:
             return
         with open(os.path.join(os.path.dirname(self._path), DISCARDED_FILE), "a", encoding="utf-8") as f:
@@ -66,6 +66,14 @@ class MetricWriter:
         if self.enabled:
             self._jsonl.close()
             self._tensorboard.close()
+
+
+def _step_of(line: str) -> float:
+    """The step of a metrics.jsonl line; a line torn by a crash mid-write counts as after every step."""
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError):
+        return float("inf")
 
 
 def read_metrics(workdir: str) -> list[dict[str, Any]]:

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import flax.struct
 import jax
+import jax.numpy as jnp
+import optax
 
 
 @flax.struct.dataclass
 class TrainState:
-    """step: int32 []; params and opt_state: pytrees of float32 arrays; rng: uint32 [2] base key.
+    """step: int32 []; params and opt_state: pytrees of float32 arrays; rng: uint32 [2] base key;
+    skipped_steps: int32 [] updates skipped for non-finite loss or gradients so far; bad_streak: int32 []
+    how many of the latest steps in a row were skipped.
 
     Randomness in step s uses `jax.random.fold_in(rng, s)`, so a resumed run draws what an uninterrupted
     one would.
@@ -20,3 +24,42 @@ class TrainState:
     params: Any
     opt_state: Any
     rng: jax.Array
+    skipped_steps: jax.Array
+    bad_streak: jax.Array
+
+    @classmethod
+    def create(cls, params: Any, tx: optax.GradientTransformation, rng: jax.Array) -> TrainState:
+        zero = jnp.int32(0)
+        return cls(step=zero, params=params, opt_state=tx.init(params), rng=rng, skipped_steps=zero, bad_streak=zero)
+
+    def apply_gradients(
+        self,
+        grads: Any,
+        loss: jax.Array,
+        tx: optax.GradientTransformation,
+        constrain: Callable[[Any], Any] = lambda params: params,
+    ) -> tuple[TrainState, dict[str, jax.Array]]:
+        """One optimizer update, or none if the loss or any gradient is not finite.
+
+        A skipped step still advances `step` (its batch is consumed) and is counted, so one bad batch
+        costs one update instead of the run. `constrain` projects the parameters after an update.
+
+        Returns:
+          (new state, {"train/skipped_steps", "train/bad_streak"} as int32 scalars).
+        """
+        finite = jnp.isfinite(loss) & jnp.all(jnp.array([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
+
+        def update(operands: tuple[Any, Any]) -> tuple[Any, Any]:
+            params, opt_state = operands
+            updates, opt_state = tx.update(grads, opt_state, params)
+            return constrain(optax.apply_updates(params, updates)), opt_state
+
+        # A conditional rather than a select of old and new: selecting would read and write every
+        # parameter and moment once more per step.
+        params, opt_state = jax.lax.cond(finite, update, lambda operands: operands, (self.params, self.opt_state))
+        skipped = self.skipped_steps + (~finite).astype(jnp.int32)
+        streak = jnp.where(finite, 0, self.bad_streak + 1).astype(jnp.int32)
+        new_state = self.replace(
+            step=self.step + 1, params=params, opt_state=opt_state, skipped_steps=skipped, bad_streak=streak
+        )
+        return new_state, {"train/skipped_steps": skipped, "train/bad_streak": streak}

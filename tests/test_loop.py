@@ -1,0 +1,191 @@
+"""The train loop on a toy task that compiles in a second: skipping non-finite steps, stopping on a bad
+streak, SIGTERM, exact resume, changing the batch size, and the one-line errors of unusable workdirs."""
+
+import errno
+import json
+import os
+import signal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+import pytest
+from ml_collections import ConfigDict
+
+from clipjax.data.pipeline import host_batches
+from clipjax.defaults import base_config
+from clipjax.errors import ConfigError, Preempted, UserError
+from clipjax.parallel import make_mesh
+from clipjax.train.loop import Task, train
+from clipjax.train.metrics import read_metrics
+from clipjax.train.state import TrainState
+
+NUM_SAMPLES = 50
+
+
+class Samples:
+    """Sample i is the vector [i, i, i, i]; a listed index is NaN, and one index can send SIGTERM."""
+
+    def __init__(self, nan_at=(), sigterm_at=None):
+        self.nan_at, self.sigterm_at = set(nan_at), sigterm_at
+
+    def __len__(self):
+        return NUM_SAMPLES
+
+    def __getitem__(self, index):
+        if index == self.sigterm_at:
+            os.kill(os.getpid(), signal.SIGTERM)
+        value = np.nan if index in self.nan_at else float(index)
+        return {"x": np.full(4, value, np.float32), "id": np.int32(index)}
+
+
+def toy_config(**overrides):
+    config = base_config()
+    config.update(
+        task="toy",
+        batch_size=4,
+        total_steps=12,
+        log_every=2,
+        checkpoint_every=3,
+        keep_checkpoints=10,
+        progress_bar=False,
+    )
+    config.mesh = ConfigDict({"data": 1, "fsdp": 1})
+    config.update(overrides)
+    return config
+
+
+def toy_task(config, samples):
+    tx = optax.sgd(0.01)
+
+    def init_state(rng):
+        return TrainState.create({"w": jnp.zeros(4)}, tx, rng)
+
+    def train_step(state, batch):
+        loss, grads = jax.value_and_grad(lambda p: jnp.mean((p["w"] - batch["x"]) ** 2))(state.params)
+        state, guard = state.apply_gradients(grads, loss, tx)
+        return state, {"train/loss": loss, "train/id_sum": jnp.sum(batch["id"]), **guard}
+
+    def dataset(start_sample):
+        return host_batches(
+            samples,
+            lambda record, rng: record,
+            seed=config.seed,
+            batch_size=config.batch_size,
+            process_index=0,
+            process_count=1,
+            start_sample=start_sample,
+        )
+
+    return Task(init_state, train_step, dataset, lambda params: {"eval/w0": float(params["w"][0])}, config.batch_size)
+
+
+def run(workdir, samples=None, **overrides):
+    config = toy_config(**overrides)
+    mesh = make_mesh(config.mesh, jax.devices()[:1])
+    return train(config, str(workdir), mesh, toy_task(config, samples or Samples()))
+
+
+def final_params(workdir, step):
+    path = os.path.join(os.path.abspath(workdir), "checkpoints", str(step), "state")
+    return ocp.StandardCheckpointer().restore(path)["params"]["w"]
+
+
+def logged_values(workdir):
+    """metrics.jsonl without the throughput, which depends on timing."""
+    return [{k: v for k, v in row.items() if k != "train/pairs_per_s"} for row in read_metrics(str(workdir))]
+
+
+def global_order(seed=0, count=200):
+    """The ids of the samples in the order the toy pipeline yields them."""
+    batches = host_batches(Samples(), lambda r, g: r, seed=seed, batch_size=4, process_index=0, process_count=1)
+    iterator = iter(batches)
+    return np.concatenate([next(iterator)["id"] for _ in range(count // 4)])
+
+
+def test_non_finite_steps_are_skipped_and_counted(tmp_path):
+    order = global_order()
+    bad = int(order[9])  # in the batch of step 3 (samples 8..11)
+    run(tmp_path / "clean")
+    summary = run(tmp_path / "nan", Samples(nan_at=[bad]))
+    rows = [r for r in read_metrics(str(tmp_path / "nan")) if "train/loss" in r]
+    assert [r["train/skipped_steps"] for r in rows] == [0, 1, 1, 1, 1, 1]
+    assert rows[1]["train/loss"] == "nan" and rows[1]["train/bad_streak"] == 1
+    assert rows[2]["train/bad_streak"] == 0
+    assert summary["steps"] == 12 and np.isfinite(summary["eval/w0"])
+
+
+def test_a_streak_of_bad_steps_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
+    order = global_order()
+    bad = [int(i) for i in order[24:40]]  # every sample of steps 7..10
+    with pytest.raises(UserError, match=r"step 9: the loss or gradients were not finite for 3 steps in a row"):
+        run(tmp_path, Samples(nan_at=bad), max_bad_steps=3, log_every=1)
+    assert sorted(int(s) for s in os.listdir(tmp_path / "checkpoints")) == [3, 6]
+
+
+def test_sigterm_saves_the_current_step_and_the_rerun_finishes_bit_identical(tmp_path):
+    run(tmp_path / "whole")
+    order = global_order()
+    # The signal comes from a grain reader thread a few samples ahead of the step that uses them.
+    with pytest.raises(Preempted, match=r"SIGTERM at step \d+: checkpoint saved") as stop:
+        run(tmp_path / "cut", Samples(sigterm_at=int(order[21])))  # a sample of step 6
+    stopped_at = stop.value.args[0].split("step ")[1].split(":")[0]
+    assert int(stopped_at) < 12 and stopped_at in os.listdir(tmp_path / "cut" / "checkpoints")
+    run(tmp_path / "cut")
+    assert logged_values(tmp_path / "cut") == logged_values(tmp_path / "whole")
+    np.testing.assert_array_equal(final_params(tmp_path / "cut", 12), final_params(tmp_path / "whole", 12))
+
+
+def test_changing_the_batch_size_continues_at_the_first_unseen_sample(tmp_path, capsys):
+    run(tmp_path, total_steps=6)  # 24 samples at batch 4
+    run(tmp_path, total_steps=9, batch_size=8)  # 3 more steps of 8
+    assert "data continues at sample 24" in capsys.readouterr().out
+    order = global_order()
+    rows = [r for r in read_metrics(str(tmp_path)) if "train/id_sum" in r]
+    # log_every=2: each row averages two steps' id sums; the last row holds step 9 alone.
+    assert rows[-2]["train/id_sum"] == (order[24:32].sum() + order[32:40].sum()) / 2
+    assert rows[-1]["train/id_sum"] == order[40:48].sum()
+
+
+def test_incompatible_config_or_model_is_refused_and_nothing_is_deleted(tmp_path):
+    run(tmp_path, total_steps=6)
+    before = sorted(os.listdir(tmp_path / "checkpoints"))
+    with pytest.raises(ConfigError, match=r"config.seed was 0 when the checkpoints in .* were written and is 1 now"):
+        run(tmp_path, seed=1)
+    config = toy_config()
+    config.mesh = ConfigDict({"data": 1, "fsdp": 1})
+    task = toy_task(config, Samples())
+    task.init_state = lambda rng: TrainState.create({"w": jnp.zeros(5)}, optax.sgd(0.01), rng)
+    with pytest.raises(ConfigError, match=r"holds a different model: opt_state.* is|params/w is \(4,\) there"):
+        train(config, str(tmp_path), make_mesh(config.mesh, jax.devices()[:1]), task)
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == before
+
+
+def test_unwritable_workdir_is_one_line(tmp_path):
+    (tmp_path / "file").write_text("not a directory")
+    with pytest.raises(UserError, match=r"workdir .*file/run is not writable: Not a directory"):
+        run(tmp_path / "file" / "run")
+
+
+def test_a_full_disk_during_a_save_is_one_line_and_keeps_earlier_checkpoints(tmp_path, monkeypatch):
+    run(tmp_path, total_steps=6)
+    real_save = ocp.CheckpointManager.save
+
+    def full_disk(self, step, *args, **kwargs):
+        if step >= 9:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(self, step, *args, **kwargs)
+
+    monkeypatch.setattr(ocp.CheckpointManager, "save", full_disk)
+    with pytest.raises(UserError, match=r"could not write the checkpoint of step 9 .*No space left on device"):
+        run(tmp_path)
+    assert sorted(int(s) for s in os.listdir(tmp_path / "checkpoints")) == [3, 6]
+    with open(tmp_path / "checkpoints" / "6" / "loop" / "metadata") as f:
+        assert json.load(f)["samples_seen"] == 24
+
+
+def test_keeps_the_newest_and_every_kth_checkpoint(tmp_path):
+    run(tmp_path, keep_checkpoints=1, keep_every=6)
+    assert sorted(int(s) for s in os.listdir(tmp_path / "checkpoints")) == [6, 12]
