@@ -189,3 +189,13 @@ def test_a_full_disk_during_a_save_is_one_line_and_keeps_earlier_checkpoints(tmp
 def test_keeps_the_newest_and_every_kth_checkpoint(tmp_path):
     run(tmp_path, keep_checkpoints=1, keep_every=6)
     assert sorted(int(s) for s in os.listdir(tmp_path / "checkpoints")) == [6, 12]
+
+
+def test_resuming_on_more_devices_reshards_the_state(tmp_path):
+    run(tmp_path / "whole", fsdp_min_size=1, batch_size=8)
+    run(tmp_path / "moved", total_steps=6, fsdp_min_size=1, batch_size=8)  # one device
+    config = toy_config(fsdp_min_size=1, batch_size=8)
+    config.mesh = ConfigDict({"data": 4, "fsdp": 2})  # eight devices; w [4] is split over fsdp
+    summary = train(config, str(tmp_path / "moved"), make_mesh(config.mesh), toy_task(config, Samples()))
+    assert summary["steps"] == 12
+    np.testing.assert_allclose(final_params(tmp_path / "moved", 12), final_params(tmp_path / "whole", 12), rtol=1e-6)
