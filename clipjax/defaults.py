@@ -89,16 +89,40 @@ def base_config() -> ConfigDict:
 
     c.data = ConfigDict()
     c.data.kind = "synthetic"  # synthetic | webdataset | tfds | folder
-    c.data.path = None  # shards or dataset directory (every kind but synthetic)
+    c.data.path = None  # shards ("/d/{00000..00099}.tar", globs; "::" joins patterns) or a dataset directory
+    c.data.synthetic_path = None  # DataCompDR shards, joined by uid to the image shards of the same file name
+    c.data.index_cache = None  # where tar indexes go when the shards' directory is read-only (~/.cache/clipjax)
     # Which caption each image is paired with. On the synthetic dataset "real" is the noisy alt-text-like
     # caption and "synthetic" the quality caption, mirroring DataComp vs DataCompDR.
     c.data.captions = "synthetic"  # real | synthetic | mixed | both
     c.data.synthetic_prob = 0.5  # with captions="mixed": chance the synthetic caption replaces the real one
     c.data.normalize = "clip"  # "clip": OpenAI mean/std; "none": pixels in [0, 1] (MobileCLIP)
+    c.data.crop_scale = (0.9, 1.0)  # RandomResizedCrop's range of the crop's share of the image area (open_clip)
+    c.data.flip = False  # random horizontal flips (off: captions say "left" and "right")
     c.data.num_workers = 0  # grain worker processes; 0 decodes in threads of the training process
     c.data.num_threads = 2  # grain reader threads per process
     c.data.synthetic = ConfigDict({"num_examples": 100_000, "max_objects": 4})
 
     c.eval = ConfigDict()
-    c.eval.zeroshot = ConfigDict({"num_examples": 1000, "batch_size": 256})
+    c.eval.num_threads = 8  # evaluation images decoded in parallel per host
+    # Zero-shot classification, logged as eval/zeroshot_top1 and _top5. kind: "synthetic" (held-out
+    # scenes), "tfds" (a TFDS array_record dataset under `path`, e.g. imagenet2012), "folder" (an
+    # ImageFolder root: path/<class>/<image>) or "none". classnames: "imagenet" (the 1000 OpenAI class
+    # names and 80 prompt templates shipped with clipjax, in the standard label order) or "source" (the
+    # dataset's own class names, with the same templates). num_examples: scenes generated (synthetic,
+    # default 1000), or the first N of the split (tfds/folder; None: all of it, exact).
+    c.eval.zeroshot = ConfigDict(
+        {
+            "kind": "synthetic",
+            "path": None,
+            "dataset": "imagenet2012",
+            "split": "validation",
+            "classnames": "imagenet",
+            "num_examples": None,
+            "batch_size": 256,
+        }
+    )
+    # Image-text retrieval R@1/5/10 both ways (eval/retrieval_i2t_r1, ...): a JSONL of
+    # {"image": path, "captions": [...]} (COCO 5k test, Flickr30k 1k test); None: off.
+    c.eval.retrieval = ConfigDict({"path": None, "batch_size": 256})
     return c

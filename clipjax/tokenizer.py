@@ -49,8 +49,14 @@ def _byte_alphabet() -> dict[int, str]:
 
 def clean_text(text: str) -> str:
     """Repairs mojibake, unescapes HTML (twice, as CLIP does), folds whitespace and lower-cases."""
-    text = html.unescape(html.unescape(ftfy.fix_text(text))).strip()
+    # Printable ASCII without "&" is what ftfy and unescaping leave unchanged (mojibake, curly quotes,
+    # control and terminal escapes all need other characters): most web captions skip the slow path.
+    if not (text.isascii() and text.isprintable() and "&" not in text):
+        text = html.unescape(html.unescape(ftfy.fix_text(text)))
     return " ".join(text.split()).lower()
+
+
+_CACHE_WORDS = 200_000  # merged words remembered; the cache restarts when full
 
 
 class Tokenizer:
@@ -101,6 +107,8 @@ class Tokenizer:
                     i += 1
             symbols = merged
         result = " ".join(symbols)
+        if len(self._cache) >= _CACHE_WORDS:  # a billion captions hold more distinct words than fit in memory
+            self._cache = {START_OF_TEXT: START_OF_TEXT, END_OF_TEXT: END_OF_TEXT}
         self._cache[word] = result
         return result
 

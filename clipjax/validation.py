@@ -10,6 +10,7 @@ from clipjax.config import choice
 from clipjax.data.pipeline import CAPTION_POLICIES, DATA_KINDS
 from clipjax.data.transforms import NORMALIZATIONS
 from clipjax.errors import ConfigError
+from clipjax.evals.setup import CLASSNAME_SOURCES, ZEROSHOT_KINDS
 from clipjax.losses.contrastive import IMPLEMENTATIONS, LOSS_KINDS
 from clipjax.models.layers import ACTIVATIONS, REMAT_POLICIES
 from clipjax.models.presets import DTYPES, TEXT_SIZES, image_tower_dims, image_tower_names, text_tower_dims
@@ -35,6 +36,7 @@ def validate(config: ConfigDict, *, num_devices: int, process_count: int, tasks:
         )
     _validate_model(config.model)
     _validate_data(config)
+    _validate_eval(config.eval)
     _validate_mesh_and_batch(config, num_devices, process_count)
     optim = config.optim
     if optim.lr <= 0 or optim.warmup_steps < 0 or not 0 <= optim.min_lr_ratio <= 1 or optim.weight_decay < 0:
@@ -96,11 +98,38 @@ def _validate_data(config: ConfigDict) -> None:
         )
     if not 0.0 <= data.synthetic_prob <= 1.0:
         raise ConfigError(f"config.data.synthetic_prob={data.synthetic_prob} must lie in [0, 1]")
+    if len(data.crop_scale) != 2 or not 0 < data.crop_scale[0] <= data.crop_scale[1] <= 1:
+        raise ConfigError(
+            f"config.data.crop_scale={tuple(data.crop_scale)} must be (low, high) with 0 < low <= high <= 1"
+        )
     if data.kind != "synthetic" and not data.path:
         raise ConfigError(
             f"config.data.path is required with config.data.kind={data.kind!r}; "
             "pass e.g. --config.data.path=/data/shards/{00000..00099}.tar"
         )
+    if data.kind == "webdataset" and data.captions != "real" and not data.synthetic_path:
+        raise ConfigError(
+            f"config.data.captions={data.captions!r} needs synthetic captions: pass the DataCompDR shards, e.g. "
+            "--config.data.synthetic_path=/data/datacompdr/{00000..00099}.tar, or use --config.data.captions=real"
+        )
+
+
+def _validate_eval(evaluation: ConfigDict) -> None:
+    zeroshot = evaluation.zeroshot
+    choice("config.eval.zeroshot.kind", zeroshot.kind, ZEROSHOT_KINDS)
+    choice("config.eval.zeroshot.classnames", zeroshot.classnames, CLASSNAME_SOURCES)
+    if zeroshot.kind in ("tfds", "folder") and not zeroshot.path:
+        example = "~/tensorflow_datasets" if zeroshot.kind == "tfds" else "/data/imagenet/val"
+        raise ConfigError(
+            f"config.eval.zeroshot.path is required with config.eval.zeroshot.kind={zeroshot.kind!r}; "
+            f"pass e.g. --config.eval.zeroshot.path={example}"
+        )
+    if zeroshot.num_examples is not None and zeroshot.num_examples < 1:
+        raise ConfigError(
+            f"config.eval.zeroshot.num_examples={zeroshot.num_examples} must be positive, or None for all"
+        )
+    if evaluation.num_threads < 1:
+        raise ConfigError(f"config.eval.num_threads={evaluation.num_threads} must be at least 1")
 
 
 def _validate_mesh_and_batch(config: ConfigDict, num_devices: int, process_count: int) -> None:
@@ -112,6 +141,7 @@ def _validate_mesh_and_batch(config: ConfigDict, num_devices: int, process_count
     for key, value in (
         ("batch_size", config.batch_size),
         ("eval.zeroshot.batch_size", config.eval.zeroshot.batch_size),
+        ("eval.retrieval.batch_size", config.eval.retrieval.batch_size),
     ):
         if value % num_devices or value % process_count:
             multiple = math.lcm(num_devices, process_count)

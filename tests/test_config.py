@@ -109,6 +109,14 @@ def valid_demo(repo_root):
         ({"model.image.stem": "hybrid"}, "config.model.image.stem='hybrid' is not one of"),
         ({"loss.kind": "siglip"}, "config.loss.kind='siglip' needs a logit bias: set config.model.logit_bias_init=-10"),
         ({"loss.impl": "flash"}, "config.loss.impl='flash' is not one of 'fused', 'naive'"),
+        (
+            {"data.kind": "webdataset", "data.path": "/d/{0..9}.tar", "data.captions": "both"},
+            "config.data.captions='both' needs synthetic captions: pass the DataCompDR shards",
+        ),
+        ({"eval.zeroshot.kind": "imagenet"}, "config.eval.zeroshot.kind='imagenet' is not one of"),
+        ({"eval.zeroshot.kind": "tfds"}, "config.eval.zeroshot.path is required with config.eval.zeroshot.kind='tfds'"),
+        ({"eval.zeroshot.classnames": "wordnet"}, "config.eval.zeroshot.classnames='wordnet' is not one of"),
+        ({"eval.retrieval.batch_size": "12"}, "config.eval.retrieval.batch_size=12 is not divisible"),
     ],
 )
 def test_validation_errors(repo_root, overrides, message):
@@ -123,8 +131,33 @@ def test_validation_errors(repo_root, overrides, message):
 
 def test_valid_configs_pass(repo_root):
     validate(valid_demo(repo_root), num_devices=8, process_count=1, tasks=TASKS)
-    config = load_config(os.path.join(repo_root, "configs", "pretrain", "vit_b16_datacompdr.py"), [("data.path", "/x")])
+    paths = [("data.path", "/x"), ("data.synthetic_path", "/y"), ("eval.zeroshot.path", "/tfds")]
+    config = load_config(os.path.join(repo_root, "configs", "pretrain", "vit_b16_datacompdr.py"), paths)
     validate(config, num_devices=8, process_count=1, tasks=TASKS)
+
+
+@pytest.mark.parametrize("steps", [20_000, 200_000])
+def test_paper_configs_differ_in_captions_only(repo_root, steps):
+    directory = os.path.join(repo_root, "configs", "pretrain")
+    web = load_config(os.path.join(directory, f"vit_b16_datacomp.py:steps={steps}"))
+    synthetic = load_config(os.path.join(directory, f"vit_b16_datacompdr.py:steps={steps}"))
+    assert (web.data.captions, synthetic.data.captions) == ("real", "both")
+    web.data.captions = synthetic.data.captions
+    assert web.to_dict() == synthetic.to_dict()
+    optim = synthetic.optim
+    assert (synthetic.batch_size, synthetic.total_steps, synthetic.model.name) == (65_536, steps, "vit_b16")
+    assert (optim.lr, optim.warmup_steps, optim.weight_decay, optim.b2, optim.grad_clip_norm) == (
+        1e-3,
+        1000,
+        0.2,
+        0.95,
+        1.0,
+    )
+    runnable = load_config(
+        os.path.join(directory, f"vit_b16_datacomp.py:steps={steps}"),
+        [("data.path", "/x"), ("eval.zeroshot.path", "/t")],
+    )
+    validate(runnable, num_devices=8, process_count=1, tasks=TASKS)
 
 
 def test_command_line_parsing():
@@ -148,7 +181,7 @@ def test_command_line_parsing():
         (["--config.batch_size=100"], "not divisible by the data-parallel size 8"),
         (["--config.model.name=vit_huge"], "is not a known model"),
         (["--config.data.kind=webdataset"], "config.data.path is required"),
-        (["--config.data.kind=tfds", "--config.data.path=/data/imagenet"], "has no reader in this version"),
+        (["--config.data.kind=tfds", "--config.data.path=/data/imagenet"], "holds labelled images, not captions"),
     ],
 )
 def test_main_prints_one_line_and_exits_2(repo_root, tmp_path, capsys, extra, fragment):

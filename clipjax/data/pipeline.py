@@ -5,32 +5,72 @@ from __future__ import annotations
 import functools
 from typing import Any, Callable
 
+import absl.flags
 import grain
 import numpy as np
 from ml_collections import ConfigDict
 
+from clipjax.data.datacomp import webdataset_example
+from clipjax.data.skips import SKIPPED
 from clipjax.data.synthetic import SyntheticScenes
-from clipjax.errors import ConfigError
+from clipjax.data.webdataset import WebDatasetSource, expand_shards
+from clipjax.errors import ConfigError, UserError
 from clipjax.tokenizer import tokenize
 
 CAPTION_POLICIES = ("real", "synthetic", "mixed", "both")
 DATA_KINDS = ("synthetic", "webdataset", "tfds", "folder")
-AVAILABLE_KINDS = ("synthetic",)
+PRETRAIN_KINDS = ("synthetic", "webdataset")  # tfds and folder hold labelled images, not captions
+# A run whose data yields nothing usable must stop with a reason instead of reading forever.
+MAX_SKIPPED_IN_A_ROW = 10_000
 
 
-def pretrain_source(config: ConfigDict) -> SyntheticScenes:
-    """The image-text source named by `config.data` (records as `SyntheticScenes` returns them)."""
-    if config.data.kind not in AVAILABLE_KINDS:
-        raise ConfigError(
-            f"config.data.kind={config.data.kind!r} has no reader in this version of clipjax; "
-            f"available: {', '.join(AVAILABLE_KINDS)}"
+def pretrain_source(config: ConfigDict) -> SyntheticScenes | WebDatasetSource:
+    """The image-text source named by `config.data`: built-in scenes or webdataset shards.
+
+    Raises:
+      ConfigError: a kind without captions, a path that matches no readable shard, or a caption policy
+        that needs synthetic captions when none can be joined.
+    """
+    data = config.data
+    if data.kind == "synthetic":
+        return SyntheticScenes(
+            data.synthetic.num_examples,
+            image_size=config.model.image_size,
+            max_objects=data.synthetic.max_objects,
+            split="train",
+            seed=config.seed,
         )
-    return SyntheticScenes(
-        config.data.synthetic.num_examples,
+    if data.kind != "webdataset":
+        raise ConfigError(
+            f"config.data.kind={data.kind!r} holds labelled images, not captions; pretraining reads "
+            f"{' or '.join(repr(k) for k in PRETRAIN_KINDS)}"
+        )
+    shards = expand_shards(data.path)
+    synthetic = expand_shards(data.synthetic_path) if data.synthetic_path else None
+    source = WebDatasetSource(shards, synthetic, cache_dir=data.index_cache)
+    if len(source) == 0:
+        raise ConfigError(f"config.data.path={data.path!r}: no readable samples in its {len(shards)} shard(s)")
+    return source
+
+
+def pretrain_transform(config: ConfigDict) -> Callable[[Any, np.random.Generator], dict[str, Any]]:
+    """record, rng -> training pair (or a skipped marker) for `pretrain_source(config)`'s records."""
+    data = config.data
+    if data.kind == "synthetic":
+        return functools.partial(
+            to_pretrain_example,
+            captions=data.captions,
+            synthetic_prob=data.synthetic_prob,
+            context_length=config.model.text.context_length,
+        )
+    return functools.partial(
+        webdataset_example,
+        captions=data.captions,
+        synthetic_prob=data.synthetic_prob,
         image_size=config.model.image_size,
-        max_objects=config.data.synthetic.max_objects,
-        split="train",
-        seed=config.seed,
+        context_length=config.model.text.context_length,
+        crop_scale=tuple(data.crop_scale),
+        flip=data.flip,
     )
 
 
@@ -74,45 +114,90 @@ def host_batches(
 
     The global order is a fresh permutation of `source` every epoch, fixed by `seed`. `transform` gets a
     generator seeded by the element's global index, so an element is the same example whatever the batch
-    size or host count. Each host reads every `process_count`-th element of the global order, so hosts
-    never overlap, from global element `start_sample` on, in batches of `batch_size / process_count`.
-    Saving the iterator's state and restoring it continues with exactly the batches an uninterrupted run
-    would see.
+    size or host count; it may return `{"__skipped__": reason}` for an unusable record. Each host reads
+    every `process_count`-th element of the global order, so hosts never overlap, from global element
+    `start_sample` on, decodes in `num_workers` processes (threads when 0), and yields batches of
+    `batch_size / process_count` usable examples; each batch carries `"__skipped__": {reason: count}`
+    for the records dropped while filling it. Saving the iterator's state and restoring it continues
+    with exactly the batches an uninterrupted run would see.
     """
     per_host_batch = batch_size // process_count
     # The first element of this host's share at or after global element `start_sample`.
     first_local = -((process_index - start_sample) // process_count)
-    dataset = (
+    elements = (
         grain.MapDataset.source(source)
         .shuffle(seed=seed)
         .repeat(None)  # a fresh permutation every epoch
         .random_map(transform, seed=seed)
         .slice(slice(process_index, None, process_count))
         .slice(slice(first_local, None))
-        .batch(per_host_batch, drop_remainder=True)
-    )
-    iterable = dataset.to_iter_dataset(
-        grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=2 * per_host_batch)
+        .to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=2 * per_host_batch))
     )
     if num_workers > 0:
-        iterable = iterable.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
-    return iterable
+        # grain's workers read absl flags (with their defaults); clipjax parses its own command line.
+        if not absl.flags.FLAGS.is_parsed():
+            absl.flags.FLAGS.mark_as_parsed()
+        elements = elements.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
+    return SkippingBatches(elements, per_host_batch)
+
+
+class SkippingBatches(grain.IterDataset):
+    """Stacks exactly `batch_size` usable elements per batch, dropping and counting skipped ones.
+
+    Runs in the training process after any worker processes, so the counts arrive with the batch they
+    delayed and are exact however the work was spread.
+    """
+
+    def __init__(self, parent: grain.IterDataset, batch_size: int) -> None:
+        super().__init__(parent)
+        self._batch_size = batch_size
+
+    def __iter__(self) -> grain.DatasetIterator:
+        return _SkippingBatchIterator(self._parent.__iter__(), self._batch_size)
+
+
+class _SkippingBatchIterator(grain.DatasetIterator):
+    def __init__(self, parent: grain.DatasetIterator, batch_size: int) -> None:
+        super().__init__(parent)
+        self._batch_size = batch_size
+
+    def __next__(self) -> dict[str, Any]:
+        usable: list[dict[str, np.ndarray]] = []
+        skipped: dict[str, int] = {}
+        in_a_row = 0
+        while len(usable) < self._batch_size:
+            element = next(self._parent)
+            if SKIPPED in element:
+                skipped[element[SKIPPED]] = skipped.get(element[SKIPPED], 0) + 1
+                in_a_row += 1
+                if in_a_row >= MAX_SKIPPED_IN_A_ROW:
+                    reasons = ", ".join(f"{reason}: {count}" for reason, count in sorted(skipped.items()))
+                    raise UserError(
+                        f"the last {in_a_row} samples were all unusable ({reasons}); check config.data "
+                        "(path, synthetic_path, captions)"
+                    )
+            else:
+                usable.append(element)
+                in_a_row = 0
+        batch = {key: np.stack([element[key] for element in usable]) for key in usable[0]}
+        return {**batch, SKIPPED: skipped}
+
+    # Nothing is held between batches, so the parent's position is the whole state.
+    def get_state(self) -> dict[str, Any]:
+        return self._parent.get_state()
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self._parent.set_state(state)
 
 
 def pretrain_dataset(
     config: ConfigDict, source: Any, *, process_index: int, process_count: int, start_sample: int = 0
 ) -> grain.IterDataset:
     """This host's image-text batches from `pretrain_source(config)` (see `host_batches`):
-    {"image": uint8 [b, S, S, 3], "text": int32 [b, L] (, "text_synthetic": int32 [b, L])}."""
-    transform = functools.partial(
-        to_pretrain_example,
-        captions=config.data.captions,
-        synthetic_prob=config.data.synthetic_prob,
-        context_length=config.model.text.context_length,
-    )
+    {"image": uint8 [b, S, S, 3], "text": int32 [b, L] (, "text_synthetic": int32 [b, L]), "__skipped__"}."""
     return host_batches(
         source,
-        transform,
+        pretrain_transform(config),
         seed=config.seed,
         batch_size=config.batch_size,
         process_index=process_index,

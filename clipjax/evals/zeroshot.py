@@ -8,91 +8,93 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh
 
-from clipjax.models.clip import CLIP, l2_normalize
-from clipjax.parallel import batch_sharding, data_parallel_size, put_batch
-from clipjax.tokenizer import tokenize
+from clipjax.evals.batches import eval_batches
+from clipjax.evals.encode import Encoders
 
 
 def class_embeddings(
-    encode_text: Callable[[jax.Array], jax.Array],
+    encoders: Encoders,
+    params: Any,
     classnames: Sequence[str],
     templates: Sequence[str],
+    *,
+    batch_size: int,
     context_length: int,
-) -> jax.Array:
-    """Prompt-ensembled classifier: [C, d] float32 unit rows.
+) -> np.ndarray:
+    """Prompt-ensembled classifier: float32 [C, d] unit rows.
 
-    Each class's embedding is the normalised mean of its normalised prompt embeddings (OpenAI's recipe).
-    `encode_text` maps int32 tokens [C * T, L] to unit embeddings [C * T, d].
+    Each class's embedding is the normalised mean of its normalised prompt embeddings (OpenAI's recipe);
+    the C * T prompts are encoded `batch_size` at a time over the mesh.
     """
     prompts = [template.format(name) for name in classnames for template in templates]
-    embeddings = encode_text(jnp.asarray(tokenize(prompts, context_length)))
-    return l2_normalize(embeddings.reshape(len(classnames), len(templates), -1).mean(axis=1))
+    embeddings = encoders.embed_texts(params, prompts, batch_size=batch_size, context_length=context_length)
+    means = embeddings.reshape(len(classnames), len(templates), -1).mean(axis=1)
+    return means / np.linalg.norm(means, axis=-1, keepdims=True)
 
 
 class ZeroShotEvaluator:
-    """Top-1 zero-shot accuracy of a CLIP model over a fixed, labelled image set, exact over every image.
+    """Top-1 and top-5 zero-shot accuracy over a labelled split, exact over every example.
 
     Args:
-      model: the CLIP module whose params `__call__` receives.
-      mesh: images are split over its batch axes; the last batch is padded and the padding masked out.
-      images: uint8 [N, S, S, 3]; labels: int [N] indices into `classnames`.
-      preprocess: uint8 images -> model input (e.g. normalisation), applied on the device.
+      encoders: the jitted encoders of the CLIP model whose params `__call__` receives.
+      source: labelled records; `load(source[i])` gives {"image": uint8 [S, S, 3], "label": int32 []}.
+      classnames: label i's name; templates: prompts with one "{}" each.
+      batch_size: global images (and prompts) per step.
+      num_examples: evaluate the first this many (default: the whole split).
+      prefix: metric names are eval/{prefix}_top1 and eval/{prefix}_top5.
     """
 
     def __init__(
         self,
-        model: CLIP,
-        mesh: Mesh,
-        images: np.ndarray,
-        labels: np.ndarray,
+        encoders: Encoders,
+        source: Any,
+        load: Callable[[Any], dict[str, np.ndarray]],
         classnames: Sequence[str],
         templates: Sequence[str],
         *,
         batch_size: int,
         context_length: int,
-        preprocess: Callable[[jax.Array], jax.Array],
+        num_examples: int | None = None,
+        num_threads: int = 8,
+        prefix: str = "zeroshot",
     ) -> None:
-        if batch_size % data_parallel_size(mesh):
-            raise ValueError(f"eval batch size {batch_size} is not divisible by {data_parallel_size(mesh)} devices")
-        self._mesh = mesh
-        self._images = images
-        self._labels = np.asarray(labels, np.int32)
-        self._batch_size = batch_size
+        self._encoders, self._source, self._load = encoders, source, load
         self._classnames, self._templates = list(classnames), list(templates)
-        self._context_length = context_length
-
-        def encode_text(params: Any, tokens: jax.Array) -> jax.Array:
-            return model.apply({"params": params}, tokens, method=CLIP.encode_text)
+        self._batch_size, self._context_length = batch_size, context_length
+        self._num_examples, self._num_threads, self._prefix = num_examples, num_threads, prefix
+        k = min(5, len(self._classnames))
 
         def count_correct(params: Any, classifier: jax.Array, batch: dict[str, jax.Array]) -> jax.Array:
-            embeddings = model.apply({"params": params}, preprocess(batch["image"]), method=CLIP.encode_image)
-            predictions = jnp.argmax(embeddings @ classifier.T, axis=-1)
-            return jnp.sum((predictions == batch["label"]) & batch["valid"])
+            embeddings = encoders.image(params, batch["image"], batch["valid"])[0]
+            _, top = jax.lax.top_k(embeddings @ classifier.T, k)  # [B, k] class indices, best first
+            hits = top == batch["label"][:, None]
+            valid = batch["valid"]
+            return jnp.stack([jnp.sum(hits[:, 0] & valid), jnp.sum(jnp.any(hits, axis=1) & valid)])
 
-        self._encode_text = jax.jit(encode_text)
         self._count_correct = jax.jit(count_correct)
 
     def __call__(self, params: Any) -> dict[str, float]:
-        """Returns {"eval/zeroshot_top1": fraction of images whose top class is the label}."""
+        """{"eval/<prefix>_top1": share of images whose best class is the label, "..._top5": in the best 5}."""
         classifier = class_embeddings(
-            lambda tokens: self._encode_text(params, tokens), self._classnames, self._templates, self._context_length
+            self._encoders,
+            params,
+            self._classnames,
+            self._templates,
+            batch_size=self._batch_size,
+            context_length=self._context_length,
         )
-        sharding = batch_sharding(self._mesh)
-        process, processes = jax.process_index(), jax.process_count()
-        correct = 0
-        for start in range(0, len(self._labels), self._batch_size):
-            images = self._images[start : start + self._batch_size]
-            labels = self._labels[start : start + self._batch_size]
-            pad = self._batch_size - len(labels)
-            batch = {
-                "image": np.pad(images, [(0, pad)] + [(0, 0)] * (images.ndim - 1)),
-                "label": np.pad(labels, (0, pad)),
-                "valid": np.arange(self._batch_size) < len(labels),
-            }
-            # Each host places its contiguous share of the global batch.
-            share = self._batch_size // processes
-            local = {key: value[process * share : (process + 1) * share] for key, value in batch.items()}
-            correct += int(self._count_correct(params, classifier, put_batch(local, sharding)))
-        return {"eval/zeroshot_top1": correct / len(self._labels)}
+        correct = np.zeros(2, np.int64)
+        batches = eval_batches(
+            self._source,
+            self._load,
+            self._encoders.mesh,
+            batch_size=self._batch_size,
+            num_examples=self._num_examples,
+            num_threads=self._num_threads,
+        )
+        classifier = jnp.asarray(classifier)  # once, not per batch
+        for batch in batches:
+            correct += np.asarray(self._count_correct(params, classifier, batch))
+        total = len(self._source) if self._num_examples is None else min(self._num_examples, len(self._source))
+        return {f"eval/{self._prefix}_top1": correct[0] / total, f"eval/{self._prefix}_top5": correct[1] / total}

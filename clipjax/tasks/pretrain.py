@@ -7,15 +7,13 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from jax.sharding import Mesh
 from ml_collections import ConfigDict
 
-from clipjax.data import synthetic
 from clipjax.data.pipeline import pretrain_dataset, pretrain_source
 from clipjax.data.transforms import normalize_images
-from clipjax.evals.zeroshot import ZeroShotEvaluator
+from clipjax.evals.setup import make_evaluator
 from clipjax.losses import clip_loss, siglip_loss
 from clipjax.models import CLIP, build_clip, clamp_logit_scale
 from clipjax.train.loop import Metrics, Task, train
@@ -77,29 +75,6 @@ def make_train_step(model: CLIP, tx: optax.GradientTransformation, config: Confi
         return new_state, metrics
 
     return train_step
-
-
-def make_evaluator(model: CLIP, mesh: Mesh, config: ConfigDict) -> ZeroShotEvaluator:
-    """Zero-shot top-1 over held-out synthetic scenes, labelled by their largest object's category."""
-    scenes = synthetic.SyntheticScenes(
-        config.eval.zeroshot.num_examples,
-        image_size=config.model.image_size,
-        max_objects=config.data.synthetic.max_objects,
-        split="validation",
-        seed=config.seed,
-    )
-    records = [scenes[i] for i in range(len(scenes))]
-    return ZeroShotEvaluator(
-        model,
-        mesh,
-        np.stack([r["image"] for r in records]),
-        np.array([r["label"] for r in records]),
-        synthetic.CATEGORIES,
-        synthetic.ZEROSHOT_TEMPLATES,
-        batch_size=config.eval.zeroshot.batch_size,
-        context_length=config.model.text.context_length,
-        preprocess=functools.partial(normalize_images, mode=config.data.normalize),
-    )
 
 
 def run(config: ConfigDict, workdir: str, mesh: Mesh) -> Metrics:

@@ -17,6 +17,7 @@ import dataclasses
 import json
 import os
 import time
+from collections import Counter
 from typing import Any, Callable
 
 import grain
@@ -26,6 +27,7 @@ import tqdm
 from jax.sharding import Mesh
 from ml_collections import ConfigDict
 
+from clipjax.data.skips import SKIPPED
 from clipjax.errors import ConfigError, Preempted, UserError
 from clipjax.parallel import batch_sharding, put_batch, replicated, state_shardings
 from clipjax.train.checkpoint import Checkpointer, abstract_shapes
@@ -175,6 +177,7 @@ def train(config: ConfigDict, workdir: str, mesh: Mesh, task: Task) -> Metrics:
     writer = MetricWriter(workdir, resume_step=resume_step or 0)
     start = int(state.step)
     samples_seen = carried["samples_seen"]
+    skipped = Counter(carried.get("data_skipped", {}))  # unusable records dropped by the pipeline, by reason
     # Metrics of the logging window in progress, as host floats when restored from the checkpoint.
     window: list[Metrics] = list(carried["window"])
     untimed = len(window) + 1  # restored steps and the compiling first step have no time in this run
@@ -190,7 +193,9 @@ def train(config: ConfigDict, workdir: str, mesh: Mesh, task: Task) -> Metrics:
     try:
         with PreemptionGuard(config.preemption_grace_s) as guard:
             for step in range(start, config.total_steps):
-                batch = put_batch(next(data_iterator), batch_sharding(mesh))
+                host_batch = next(data_iterator)
+                skipped.update(host_batch.pop(SKIPPED, {}))
+                batch = put_batch(host_batch, batch_sharding(mesh))
                 state, metrics = step_fn(state, batch)
                 window.append(metrics)
                 samples_seen += config.batch_size
@@ -207,6 +212,7 @@ def train(config: ConfigDict, workdir: str, mesh: Mesh, task: Task) -> Metrics:
                     if timed > 0:
                         row[task.throughput_key] = timed * task.examples_per_step / seconds
                         train_seconds, timed_steps = train_seconds + seconds, timed_steps + timed
+                    row.update(_skip_metrics(skipped))
                     writer.write(done, row)
                     progress.set_postfix({k.split("/")[-1]: f"{v:.4g}" for k, v in row.items() if "loss" in k})
                     window, untimed = [], 0
@@ -222,6 +228,7 @@ def train(config: ConfigDict, workdir: str, mesh: Mesh, task: Task) -> Metrics:
                         "batch_size": config.batch_size,
                         "process_count": jax.process_count(),
                         "window": window,
+                        "data_skipped": dict(skipped),
                         "config": config.to_dict(),
                     }
                     checkpointer.save(done, state, data_iterator, loop)
@@ -292,6 +299,13 @@ def _host_window(window: list[Metrics], done: int, max_bad_steps: int, checkpoin
                 f"{'step ' + str(latest) if latest is not None else 'none'} in {checkpointer.directory}"
             )
     return rows
+
+
+def _skip_metrics(skipped: Counter) -> dict[str, float]:
+    """data/skipped (all reasons) and data/skipped_<reason>, counted since the run began."""
+    if not skipped:
+        return {}
+    return {"data/skipped": float(sum(skipped.values())), **{f"data/skipped_{k}": float(v) for k, v in skipped.items()}}
 
 
 def _reduce(rows: list[Metrics]) -> dict[str, float]:

@@ -1,17 +1,21 @@
-"""CLIP ViT-B/16 on DataCompDR: the paper's quality-caption pretraining (MobileCLIP's recipe).
+"""CLIP ViT-B/16 on DataCompDR-1B: the paper's quality-caption pretraining (MobileCLIP's recipe).
 
 Global batch 65,536; each image is paired with its real caption and one of its 5 synthetic captions and
 the two losses are summed. AdamW lr 1e-3, 1,000 warmup steps, cosine to 0, weight decay 0.2, beta2 0.95,
 grad-norm clip 1.0, bfloat16 compute. The paper's data-scaling runs use 20k steps (1.31B samples seen);
-MobileCLIP's DataCompDR-1B run uses 200k.
+the long run uses 200k (`:steps=200000`).
 
   python -m clipjax.main --config=configs/pretrain/vit_b16_datacompdr.py \
-      --config.data.path='/data/datacompdr/{00000000..00001023}.tar' --workdir=gs://BUCKET/runs/vit_b16_dr \
-      --config.batch_size=65536 --config.total_steps=20000
+      --config.data.path='/data/datacomp/{00000000..00139999}.tar' \
+      --config.data.synthetic_path='/data/datacompdr/{00000000..00139999}.tar' \
+      --config.eval.zeroshot.path=/data/tensorflow_datasets \
+      --config.eval.retrieval.path=/data/coco/test5k.jsonl --workdir=gs://BUCKET/runs/vit_b16_dr
 
-Arguments (`file.py:key=value,...`): steps=20000; captions=both (real + synthetic, summed), synthetic,
-mixed, or real: `vit_b16_datacompdr.py:captions=real` with DataComp shards is the paper's web-caption
-baseline.
+The images come from the DataComp shards; each DataCompDR shard of the same file name holds their
+synthetic captions, joined by uid. Arguments (`file.py:key=value,...`): steps=20000; captions=both (real +
+synthetic, summed), synthetic, mixed, or real. `vit_b16_datacomp.py` is the web-caption baseline.
+Evaluation: zero-shot ImageNet from TFDS (`--config.eval.zeroshot.kind=folder` for an ImageFolder,
+`none` to skip it) and, when a path is given, retrieval.
 """
 
 from ml_collections import ConfigDict
@@ -26,6 +30,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
     c.total_steps = arg.steps
     c.log_every = 100
     c.checkpoint_every = 1000
+    c.keep_every = 10_000
     c.eval_every = 2000
 
     c.model = ConfigDict({"name": "vit_b16", "image_size": 224, "embed_dim": 512, "dtype": "bfloat16"})
@@ -34,5 +39,12 @@ def get_config(arg: str | None = None) -> ConfigDict:
     c.optim = ConfigDict(
         {"lr": 1e-3, "warmup_steps": 1000, "weight_decay": 0.2, "b1": 0.9, "b2": 0.95, "grad_clip_norm": 1.0}
     )
-    c.data = ConfigDict({"kind": "webdataset", "captions": arg.captions, "num_workers": 16})
+    c.data = ConfigDict({"kind": "webdataset", "captions": arg.captions, "num_workers": 16, "crop_scale": (0.9, 1.0)})
+    c.eval = ConfigDict(
+        {
+            "zeroshot": {"kind": "tfds", "dataset": "imagenet2012", "split": "validation", "batch_size": 1024},
+            "retrieval": {"batch_size": 1024},
+            "num_threads": 32,
+        }
+    )
     return c

@@ -1,0 +1,199 @@
+"""webdataset shards in the DataComp / DataCompDR layouts: indexing, caching, random access, the uid join,
+and each kind of bad sample skipped and counted under each caption policy."""
+
+import collections
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from clipjax.data import tar_index
+from clipjax.data.datacomp import webdataset_example
+from clipjax.data.pipeline import host_batches
+from clipjax.data.webdataset import WebDatasetSource, expand_shards
+from tests.shards import write_datasets
+
+
+@pytest.fixture(scope="module")
+def written(tmp_path_factory):
+    return write_datasets(str(tmp_path_factory.mktemp("shards")))
+
+
+@pytest.fixture(scope="module")
+def source(written):
+    logs = []
+    src = WebDatasetSource(
+        expand_shards(written.image_pattern), expand_shards(written.synthetic_pattern), log=logs.append
+    )
+    src.logs = logs
+    return src
+
+
+def transform(captions):
+    def apply(sample, rng):
+        return webdataset_example(
+            sample,
+            rng,
+            captions=captions,
+            synthetic_prob=0.5,
+            image_size=24,
+            context_length=16,
+            crop_scale=(0.9, 1.0),
+            flip=False,
+        )
+
+    return apply
+
+
+def test_expand_shards_understands_brace_ranges_lists_globs_and_joins(tmp_path):
+    for name in ("a-000.tar", "a-001.tar", "a-002.tar", "b.tar"):
+        (tmp_path / name).write_bytes(b"")
+    root = str(tmp_path)
+    assert expand_shards(f"{root}/a-{{000..002}}.tar") == [f"{root}/a-00{i}.tar" for i in range(3)]
+    assert expand_shards(f"{root}/{{b,a-001}}.tar") == [f"{root}/b.tar", f"{root}/a-001.tar"]
+    assert expand_shards(f"{root}/a-*.tar::{root}/b.tar") == [f"{root}/a-00{i}.tar" for i in range(3)] + [
+        f"{root}/b.tar"
+    ]
+
+
+def test_index_groups_members_by_key_and_leaves_out_the_truncated_sample(written, source):
+    assert len(source) == len(written.samples)
+    for i, sample in enumerate(written.samples):
+        record = source[i]
+        assert record["__key__"] == sample.key
+        for extension, data in sample.members.items():
+            assert record[extension] == data  # byte-exact members, read by offset
+    assert not any(record_key in {source[i]["__key__"] for i in range(len(source))} for record_key in written.lost)
+    assert any("00001.tar is truncated" in line and "3 complete samples" in line for line in source.logs)
+
+
+def test_synthetic_captions_are_joined_by_uid_not_by_position(written, source):
+    import json
+
+    for i, sample in enumerate(written.samples):
+        record = source[i]
+        if sample.synthetic is None:
+            assert "syn.json" not in record
+        else:
+            assert json.loads(record["syn.json"])["syn_text"] == sample.synthetic
+            assert {"npz", "paug.json"} <= set(record)
+    # Two orphan DataCompDR records plus the one whose image was lost to the truncation.
+    assert source.missing_images == len(written.orphan_uids) + len(written.lost)
+
+
+def test_a_sample_is_read_with_positioned_reads_of_its_members_only(written, source, monkeypatch):
+    reads = []
+    real_pread = os.pread
+    monkeypatch.setattr(os, "pread", lambda fd, size, offset: reads.append(size) or real_pread(fd, size, offset))
+    sample = written.samples[0]
+    source[0]
+    image_side = sum(len(data) for data in sample.members.values())
+    synthetic_side = sum(reads) - image_side
+    assert sorted(reads)[-1] == len(sample.members["jpg"]) and 0 < synthetic_side < 20_000
+
+
+def test_index_is_cached_beside_the_shard_and_rebuilt_when_the_shard_changes(written, tmp_path, monkeypatch):
+    shard = str(tmp_path / "00000.tar")
+    shutil.copy(expand_shards(written.image_pattern)[0], shard)
+    first = tar_index.load_or_build(shard, str(tmp_path / "cache"), read_uids=True)
+    assert os.path.exists(shard + ".clipjax-index.npz")
+    scans = []
+    real_scan = tar_index.scan_shard
+    monkeypatch.setattr(tar_index, "scan_shard", lambda *a: scans.append(a) or real_scan(*a))
+    again = tar_index.load_or_build(shard, str(tmp_path / "cache"), read_uids=True)
+    assert scans == [] and list(again.keys) == list(first.keys) and list(again.uids) == list(first.uids)
+    os.utime(shard, ns=(0, 0))  # a replaced shard: new modification time
+    tar_index.load_or_build(shard, str(tmp_path / "cache"), read_uids=True)
+    assert len(scans) == 1
+
+
+def test_index_goes_to_the_cache_directory_when_the_shard_directory_is_not_writable(written, tmp_path):
+    shard = str(tmp_path / "00000.tar")
+    shutil.copy(expand_shards(written.image_pattern)[0], shard)
+    os.mkdir(shard + ".clipjax-index.npz")  # a name that cannot be written as a file
+    tar_index.load_or_build(shard, str(tmp_path / "cache"), read_uids=False)
+    assert [name.startswith("00000.tar.") for name in os.listdir(tmp_path / "cache")] == [True]
+
+
+def test_an_unreadable_shard_is_named_in_the_log_and_skipped(written, tmp_path):
+    bad = tmp_path / "broken.tar"
+    bad.write_bytes(b"this is not a tar file" * 100)
+    logs = []
+    shards = [str(bad), expand_shards(written.image_pattern)[0], str(tmp_path / "missing.tar")]
+    src = WebDatasetSource(shards, log=logs.append)
+    assert len(src) == 16
+    assert any(str(bad) in line and "cannot open" in line for line in logs)
+    assert any("missing.tar" in line for line in logs)
+
+
+@pytest.mark.parametrize("captions", ["real", "synthetic", "mixed", "both"])
+def test_every_bad_sample_is_skipped_with_its_reason(written, source, captions):
+    counts = collections.Counter()
+    for i, sample in enumerate(written.samples):
+        example = transform(captions)(source[i], np.random.default_rng(i))
+        if "__skipped__" in example:
+            counts[example["__skipped__"]] += 1
+            assert sample.bad.get(captions) == example["__skipped__"], sample.key
+        else:
+            assert not sample.bad.get(captions), sample.key
+            assert example["image"].shape == (24, 24, 3) and example["image"].dtype == np.uint8
+            assert example["text"].shape == (16,)
+            assert ("text_synthetic" in example) == (captions == "both")
+    assert counts == written.expected_skips(captions)
+
+
+def test_batches_hold_only_usable_pairs_and_count_what_was_dropped(written, source):
+    # One host, batches of 4, over several epochs of the 19 samples (7 unusable under "real").
+    batches = host_batches(
+        source, transform("real"), seed=0, batch_size=4, process_index=0, process_count=1, num_threads=2
+    )
+    iterator = iter(batches)
+    usable, dropped = 0, collections.Counter()
+    for _ in range(12):  # 48 usable pairs: exactly 4 epochs of the 12 usable samples
+        batch = next(iterator)
+        assert batch["image"].shape == (4, 24, 24, 3) and batch["text"].shape == (4, 16)
+        usable += 4
+        dropped.update(batch["__skipped__"])
+    expected = written.expected_skips("real")
+    # Each epoch drops every unusable sample once; the last epoch's are dropped before its last usable
+    # pair, or remain after it, so between 3 and 4 epochs' worth of drops.
+    for reason, count in expected.items():
+        assert 3 * count <= dropped[reason] <= 4 * count
+
+
+def test_worker_processes_give_the_same_batches_as_threads(source):
+    def first(num_workers):
+        batches = host_batches(
+            source,
+            transform("both"),
+            seed=3,
+            batch_size=4,
+            process_index=0,
+            process_count=1,
+            num_workers=num_workers,
+        )
+        iterator = iter(batches)
+        return [next(iterator) for _ in range(3)]
+
+    for threaded, multiprocess in zip(first(0), first(2)):
+        assert threaded["__skipped__"] == multiprocess["__skipped__"]
+        for key in ("image", "text", "text_synthetic"):
+            np.testing.assert_array_equal(threaded[key], multiprocess[key])
+
+
+def test_restored_iterator_state_continues_with_the_same_batches(source):
+    def batches():
+        return iter(host_batches(source, transform("mixed"), seed=1, batch_size=4, process_index=1, process_count=2))
+
+    uninterrupted = batches()
+    for _ in range(2):
+        next(uninterrupted)
+    state = uninterrupted.get_state()
+    expected = [next(uninterrupted) for _ in range(3)]
+    resumed = batches()
+    resumed.set_state(state)
+    for want, got in zip(expected, [next(resumed) for _ in range(3)]):
+        np.testing.assert_array_equal(want["image"], got["image"])
+        np.testing.assert_array_equal(want["text"], got["text"])
+        assert want["__skipped__"] == got["__skipped__"]
