@@ -22,6 +22,11 @@ def base_config() -> ConfigDict:
     c.keep_every = 0  # also keep every checkpoint whose step is a multiple of this (0: none)
     c.max_bad_steps = 10  # stop after this many updates in a row skipped for non-finite loss/grads (0: never)
     c.preemption_grace_s = 120.0  # after SIGTERM/SIGINT, save and exit within this many seconds
+    # Multi-host: steps between the hosts agreeing whether any got a stop request (each check syncs them).
+    c.stop_check_every = 10
+    # Where checkpoints go; None: <workdir>/checkpoints. Any path orbax writes to, e.g. gs://BUCKET/run/ckpt
+    # (every host of a multi-host job must see the same directory).
+    c.checkpoint_dir = None
     c.eval_every = 0  # steps between evaluations; 0 evaluates only at the end
     c.init = None  # a checkpoint directory to start from (finetuning); None: random init
     c.progress_bar = True

@@ -1,8 +1,11 @@
 """Command-line entry point.
 
   python -m clipjax.main --config=configs/FILE.py[:ARGS] --workdir=DIR [--config.KEY=VALUE ...]
+      [--coordinator_address=HOST:PORT --num_processes=N --process_id=I]
 
-Loads and validates the config, builds the device mesh and runs `config.task` in DIR. Running the same
+Loads and validates the config, builds the device mesh and runs `config.task` in DIR. A multi-host job runs
+the same command on every host: inside SLURM or on a TPU pod slice the hosts find each other; elsewhere pass
+the three multi-host flags (see launch/). Running the same
 command again resumes from DIR. Exit status: 0 done; 2 bad config (one line on stderr); 1 another
 problem the user must fix, e.g. an unwritable workdir or checkpoints from another model (one line);
 75 stopped by SIGTERM / SIGINT after saving a checkpoint (run the command again to resume).
@@ -10,6 +13,7 @@ problem the user must fix, e.g. an unwritable workdir or checkpoints from anothe
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -17,14 +21,21 @@ from typing import Any
 USAGE = "usage: python -m clipjax.main --config=configs/FILE.py[:ARGS] --workdir=DIR [--config.KEY=VALUE ...]"
 
 
-def parse_command_line(argv: Sequence[str]) -> tuple[str, str, list[tuple[str, str]]]:
-    """Splits argv into (config spec, workdir, [(dotted key, value text), ...]).
+@dataclasses.dataclass
+class CommandLine:
+    spec: str  # config file with optional :ARGS
+    workdir: str
+    overrides: list[tuple[str, str]]  # (dotted key, value text)
+    distributed: dict[str, str]  # multi-host flags given, by name
 
-    Accepts `--flag=value` and `--flag value`. Raises ConfigError on anything else.
-    """
+
+def parse_command_line(argv: Sequence[str]) -> CommandLine:
+    """Splits argv into its parts. Accepts `--flag=value` and `--flag value`. Raises ConfigError on anything
+    else."""
+    from clipjax.distributed import FLAGS as DISTRIBUTED_FLAGS
     from clipjax.errors import ConfigError
 
-    spec, workdir, overrides = None, None, []
+    spec, workdir, overrides, distributed = None, None, [], {}
     args = list(argv)
     while args:
         arg = args.pop(0)
@@ -41,11 +52,13 @@ def parse_command_line(argv: Sequence[str]) -> tuple[str, str, list[tuple[str, s
             workdir = value
         elif name.startswith("config."):
             overrides.append((name[len("config.") :], value))
+        elif name in DISTRIBUTED_FLAGS:
+            distributed[name] = value
         else:
             raise ConfigError(f"unknown flag --{name}; {USAGE}")
     if spec is None or workdir is None:
         raise ConfigError(f"--config and --workdir are required; {USAGE}")
-    return spec, workdir, overrides
+    return CommandLine(spec, workdir, overrides, distributed)
 
 
 def format_summary(task: str, workdir: str, summary: dict[str, Any]) -> str:
@@ -68,6 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Imported here so that --help and usage errors answer before JAX starts.
     import jax
 
+    from clipjax import distributed
     from clipjax.config import load_config
     from clipjax.errors import Preempted, UserError
     from clipjax.parallel import make_mesh
@@ -75,16 +89,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     from clipjax.validation import validate
 
     try:
-        spec, workdir, overrides = parse_command_line(argv)
-        config = load_config(spec, overrides)
+        command = parse_command_line(argv)
+        config = load_config(command.spec, command.overrides)
+        distributed.initialize(command.distributed)  # before anything asks JAX for devices
+        workdir = command.workdir
         validate(config, num_devices=jax.device_count(), process_count=jax.process_count(), tasks=tuple(TASKS))
         mesh = make_mesh(config.mesh)
         if jax.process_index() == 0:
             per_device = config.batch_size // jax.device_count()
             layout = ", ".join(f"{axis}={size}" for axis, size in mesh.shape.items())
+            hosts = f" on {jax.process_count()} hosts" if jax.process_count() > 1 else ""
             print(
-                f"clipjax {config.task}: {jax.device_count()} {jax.devices()[0].platform} devices, mesh {layout}, "
-                f"global batch {config.batch_size} ({per_device} per device), {config.total_steps} steps",
+                f"clipjax {config.task}: {jax.device_count()} {jax.devices()[0].platform} devices{hosts}, mesh "
+                f"{layout}, global batch {config.batch_size} ({per_device} per device), {config.total_steps} steps",
                 flush=True,
             )
         summary = TASKS[config.task](config, workdir, mesh)

@@ -21,7 +21,7 @@ from clipjax.tokenizer import VOCAB_SIZE
 def validate(config: ConfigDict, *, num_devices: int, process_count: int, tasks: tuple[str, ...]) -> None:
     """Raises ConfigError for the first problem found in `config` for a job on `num_devices` devices."""
     choice("config.task", config.task, tasks)
-    for key in ("batch_size", "total_steps", "log_every", "checkpoint_every", "keep_checkpoints"):
+    for key in ("batch_size", "total_steps", "log_every", "checkpoint_every", "keep_checkpoints", "stop_check_every"):
         if config[key] < 1:
             raise ConfigError(f"config.{key}={config[key]} must be at least 1")
     for key in ("eval_every", "keep_every", "max_bad_steps"):

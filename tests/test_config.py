@@ -161,13 +161,11 @@ def test_paper_configs_differ_in_captions_only(repo_root, steps):
 
 
 def test_command_line_parsing():
-    assert parse_command_line(
-        ["--config", "a.py:smoke", "--workdir=w", "--config.batch_size=8", "--config.x.y", "z"]
-    ) == (
-        "a.py:smoke",
-        "w",
-        [("batch_size", "8"), ("x.y", "z")],
+    command = parse_command_line(
+        ["--config", "a.py:smoke", "--workdir=w", "--config.batch_size=8", "--config.x.y", "z", "--process_id=1"]
     )
+    assert (command.spec, command.workdir) == ("a.py:smoke", "w")
+    assert command.overrides == [("batch_size", "8"), ("x.y", "z")] and command.distributed == {"process_id": "1"}
     with pytest.raises(ConfigError, match="unknown flag --steps"):
         parse_command_line(["--config=a.py", "--workdir=w", "--steps=3"])
     with pytest.raises(ConfigError, match="--config and --workdir are required"):
@@ -212,3 +210,14 @@ def test_cli_process_exit_status(repo_root, tmp_path):
     assert result.stderr.strip().splitlines()[-1] == (
         "error: unknown config key 'config.optim.lrr'; did you mean 'config.optim.lr'?"
     )
+
+
+@pytest.mark.parametrize("cluster, devices, hosts", [("v4-64", 32, 8), ("v5p-128", 64, 16), ("h100x16", 16, 2)])
+def test_cluster_presets_fit_their_machines(repo_root, cluster, devices, hosts):
+    paths = [("data.path", "/x"), ("data.synthetic_path", "/y"), ("eval.zeroshot.path", "/t")]
+    spec = os.path.join(repo_root, "configs", "pretrain", f"vit_b16_datacompdr.py:cluster={cluster}")
+    config = load_config(spec, paths)
+    validate(config, num_devices=devices, process_count=hosts, tasks=TASKS)
+    assert config.batch_size // devices == {32: 2048, 64: 1024, 16: 4096}[devices]
+    with pytest.raises(ConfigError, match="argument cluster='v3-8' is not one of"):
+        load_config(spec.replace(cluster, "v3-8"), paths)

@@ -22,8 +22,6 @@ from clipjax.data.skips import skipped
 from clipjax.data.webdataset import IMAGE_EXTENSIONS
 from clipjax.tokenizer import tokenize
 
-SKIP_REASONS = ("missing_image", "empty_member", "corrupt_image", "missing_caption", "bad_text", "missing_synthetic")
-
 
 def _real_caption(sample: dict[str, Any]) -> str | dict[str, str]:
     raw = sample.get("txt")

@@ -5,8 +5,13 @@ each batch carries the counts under the same key, and the train loop logs them a
 """
 
 SKIPPED = "__skipped__"
+# Every reason a record can be dropped for, fixed so that hosts can sum their counts position by position.
+# What each means: clipjax/data/datacomp.py.
+SKIP_REASONS = ("missing_image", "empty_member", "corrupt_image", "missing_caption", "bad_text", "missing_synthetic")
 
 
 def skipped(reason: str) -> dict[str, str]:
-    """A record that was dropped for `reason` (a short snake_case word: "corrupt_image", ...)."""
+    """A record that was dropped for `reason`, one of SKIP_REASONS."""
+    if reason not in SKIP_REASONS:
+        raise ValueError(f"unknown skip reason {reason!r}; add it to SKIP_REASONS")
     return {SKIPPED: reason}

@@ -33,7 +33,8 @@ class Checkpointer:
     """Saves and restores `<directory>/<step>/{state,data,loop}`; every failure is a one-line UserError."""
 
     def __init__(self, directory: str, *, keep: int, keep_every: int = 0) -> None:
-        self.directory = os.path.abspath(directory)
+        # Local paths are made absolute (orbax needs it); URLs such as gs://bucket/run go to orbax as given.
+        self.directory = directory if "://" in directory else os.path.abspath(directory)
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep,
             keep_period=keep_every or None,

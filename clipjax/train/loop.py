@@ -27,7 +27,8 @@ import tqdm
 from jax.sharding import Mesh
 from ml_collections import ConfigDict
 
-from clipjax.data.skips import SKIPPED
+from clipjax import distributed
+from clipjax.data.skips import SKIP_REASONS, SKIPPED
 from clipjax.errors import ConfigError, Preempted, UserError
 from clipjax.parallel import batch_sharding, put_batch, replicated, state_shardings
 from clipjax.train.checkpoint import Checkpointer, abstract_shapes
@@ -94,7 +95,7 @@ def shard_functions(
 
 def prepare_workdir(workdir: str) -> None:
     """Creates the workdir and proves it writable, or raises a one-line UserError."""
-    probe = os.path.join(workdir, ".clipjax-write-test")
+    probe = os.path.join(workdir, f".clipjax-write-test.{jax.process_index()}")  # hosts may share the workdir
     try:
         os.makedirs(workdir, exist_ok=True)
         with open(probe, "w", encoding="utf-8") as f:
@@ -168,7 +169,9 @@ def train(config: ConfigDict, workdir: str, mesh: Mesh, task: Task) -> Metrics:
     prepare_workdir(workdir)
     init_fn, step_fn, target = shard_functions(task.init_state, task.train_step, mesh, config)
     checkpointer = Checkpointer(
-        os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints, keep_every=config.keep_every
+        config.checkpoint_dir or os.path.join(workdir, "checkpoints"),
+        keep=config.keep_checkpoints,
+        keep_every=config.keep_every,
     )
     resume_step = checkpointer.latest_step()
     state, data_iterator, carried = _init_or_resume(config, task, checkpointer, resume_step, init_fn, target)
@@ -177,7 +180,9 @@ def train(config: ConfigDict, workdir: str, mesh: Mesh, task: Task) -> Metrics:
     writer = MetricWriter(workdir, resume_step=resume_step or 0)
     start = int(state.step)
     samples_seen = carried["samples_seen"]
-    skipped = Counter(carried.get("data_skipped", {}))  # unusable records dropped by the pipeline, by reason
+    # Unusable records dropped by the pipeline, by reason: all hosts' counts up to the checkpoint (kept by
+    # host 0 only, so that summing over hosts counts them once) plus this host's since.
+    skipped = Counter(carried.get("data_skipped", {}) if jax.process_index() == 0 else {})
     # Metrics of the logging window in progress, as host floats when restored from the checkpoint.
     window: list[Metrics] = list(carried["window"])
     untimed = len(window) + 1  # restored steps and the compiling first step have no time in this run
@@ -212,7 +217,7 @@ def train(config: ConfigDict, workdir: str, mesh: Mesh, task: Task) -> Metrics:
                     if timed > 0:
                         row[task.throughput_key] = timed * task.examples_per_step / seconds
                         train_seconds, timed_steps = train_seconds + seconds, timed_steps + timed
-                    row.update(_skip_metrics(skipped))
+                    row.update(_skip_metrics(_skips_of_all_hosts(skipped)))
                     writer.write(done, row)
                     progress.set_postfix({k.split("/")[-1]: f"{v:.4g}" for k, v in row.items() if "loss" in k})
                     window, untimed = [], 0
@@ -220,7 +225,11 @@ def train(config: ConfigDict, workdir: str, mesh: Mesh, task: Task) -> Metrics:
                 pause_start = time.perf_counter()
                 if config.eval_every and done % config.eval_every == 0 and done != config.total_steps:
                     writer.write(done, task.evaluate(state.params))
+                # Every host must stop at the same step (the save is collective); agreeing costs a host
+                # sync, so a multi-host job checks every stop_check_every steps.
                 stop = guard.requested
+                if jax.process_count() > 1:
+                    stop = done % config.stop_check_every == 0 and distributed.any_host(stop)
                 if done % config.checkpoint_every == 0 or done == config.total_steps or stop:
                     window = _host_window(window, done, config.max_bad_steps, checkpointer)
                     loop = {
@@ -228,7 +237,7 @@ def train(config: ConfigDict, workdir: str, mesh: Mesh, task: Task) -> Metrics:
                         "batch_size": config.batch_size,
                         "process_count": jax.process_count(),
                         "window": window,
-                        "data_skipped": dict(skipped),
+                        "data_skipped": _skips_of_all_hosts(skipped),
                         "config": config.to_dict(),
                     }
                     checkpointer.save(done, state, data_iterator, loop)
@@ -301,7 +310,13 @@ def _host_window(window: list[Metrics], done: int, max_bad_steps: int, checkpoin
     return rows
 
 
-def _skip_metrics(skipped: Counter) -> dict[str, float]:
+def _skips_of_all_hosts(skipped: Counter) -> dict[str, int]:
+    """This host's skip counts summed with every other host's (a collective: all hosts call it together)."""
+    counts = distributed.sum_over_hosts(np.array([skipped.get(reason, 0) for reason in SKIP_REASONS], np.int64))
+    return {reason: int(count) for reason, count in zip(SKIP_REASONS, counts) if count}
+
+
+def _skip_metrics(skipped: dict[str, int]) -> dict[str, float]:
     """data/skipped (all reasons) and data/skipped_<reason>, counted since the run began."""
     if not skipped:
         return {}

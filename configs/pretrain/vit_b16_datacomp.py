@@ -7,7 +7,7 @@ beta2 0.95, clip 1.0), so the two runs differ in caption quality only.
       --config.data.path='/data/datacomp/{00000000..00139999}.tar' \
       --config.eval.zeroshot.path=/data/tensorflow_datasets --workdir=gs://BUCKET/runs/vit_b16_dc
 
-Arguments: steps=20000 (the data-scaling setting) or steps=200000.
+Arguments: steps=20000 (the data-scaling setting) or steps=200000; cluster as in vit_b16_datacompdr.py.
 """
 
 import os
@@ -18,6 +18,6 @@ from clipjax.config import load_config, parse_arg
 
 
 def get_config(arg: str | None = None) -> ConfigDict:
-    arg = parse_arg(arg, steps=20_000)
+    arg = parse_arg(arg, steps=20_000, cluster="any")
     synthetic = os.path.join(os.path.dirname(os.path.abspath(__file__)), "vit_b16_datacompdr.py")
-    return load_config(f"{synthetic}:steps={arg.steps},captions=real")
+    return load_config(f"{synthetic}:steps={arg.steps},captions=real,cluster={arg.cluster}")

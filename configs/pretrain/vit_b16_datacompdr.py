@@ -11,7 +11,8 @@ the long run uses 200k (`:steps=200000`).
       --config.eval.zeroshot.path=/data/tensorflow_datasets \
       --config.eval.retrieval.path=/data/coco/test5k.jsonl --workdir=gs://BUCKET/runs/vit_b16_dr
 
-The images come from the DataComp shards; each DataCompDR shard of the same file name holds their
+`:cluster=v4-64`, `v5p-128` or `h100x16` (2 nodes x 8 H100) picks a mesh for that machine (see CLUSTERS and
+README "Scaling out"). The images come from the DataComp shards; each DataCompDR shard of the same file name holds their
 synthetic captions, joined by uid. Arguments (`file.py:key=value,...`): steps=20000; captions=both (real +
 synthetic, summed), synthetic, mixed, or real. `vit_b16_datacomp.py` is the web-caption baseline.
 Evaluation: zero-shot ImageNet from TFDS (`--config.eval.zeroshot.kind=folder` for an ImageFolder,
@@ -20,11 +21,25 @@ Evaluation: zero-shot ImageNet from TFDS (`--config.eval.zeroshot.kind=folder` f
 
 from ml_collections import ConfigDict
 
-from clipjax.config import parse_arg
+from clipjax.config import choice, parse_arg
+
+# Mesh and input workers per cluster (`:cluster=NAME`). The batch splits over every device either way;
+# fsdp shards parameters and AdamW moments over the inner axis, which the device order puts on the fastest
+# links (a host's ICI neighbours on TPU, NVLink within a GPU node). Global batch 65,536 gives per device:
+# v4-64 (32 chips, 8 hosts) 2,048; v5p-128 (64 chips, 16 hosts) 1,024; 2 nodes x 8 H100 4,096.
+CLUSTERS = {
+    "any": {"mesh": {"data": -1, "fsdp": 1}},
+    "v4-64": {"mesh": {"data": 8, "fsdp": 4}},
+    "v5p-128": {"mesh": {"data": 16, "fsdp": 4}},
+    # 4,096 pairs per 80 GB GPU need the blocks' activations recomputed (saving only matmul outputs).
+    "h100x16": {"mesh": {"data": 2, "fsdp": 8}, "remat": "dots"},
+}
 
 
 def get_config(arg: str | None = None) -> ConfigDict:
-    arg = parse_arg(arg, steps=20_000, captions="both")
+    arg = parse_arg(arg, steps=20_000, captions="both", cluster="any")
+    choice("argument cluster", arg.cluster, CLUSTERS)
+    cluster = CLUSTERS[arg.cluster]
     c = ConfigDict()
     c.batch_size = 65_536
     c.total_steps = arg.steps
@@ -33,7 +48,9 @@ def get_config(arg: str | None = None) -> ConfigDict:
     c.keep_every = 10_000
     c.eval_every = 2000
 
+    c.mesh = ConfigDict(cluster["mesh"])
     c.model = ConfigDict({"name": "vit_b16", "image_size": 224, "embed_dim": 512, "dtype": "bfloat16"})
+    c.model.remat = cluster.get("remat", "none")
     c.model.text = ConfigDict({"name": "base", "context_length": 77})
 
     c.optim = ConfigDict(
