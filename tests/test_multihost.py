@@ -4,8 +4,10 @@ the same loss sequence, a resume from their own checkpoint, metrics written once
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -81,3 +83,34 @@ def test_two_hosts_train_like_one_and_resume_from_their_checkpoint(repo_root, tm
         return [{k: v for k, v in row.items() if k != "train/pairs_per_s"} for row in table if "train/loss" in row]
 
     assert without_timing(rows(workdir)) == without_timing(train)
+
+
+def test_sigterm_stops_every_host_at_the_same_step_with_a_checkpoint(repo_root, tmp_path):
+    workdir = str(tmp_path / "stopped")
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", PYTHON=sys.executable)
+    env["PYTHONPATH"] = repo_root
+    args = [f"--config={repo_root}/tests/configs/tiny_pretrain.py", f"--workdir={workdir}", *COMMON]
+    args += ["--config.total_steps=100000", "--config.checkpoint_every=100000", "--config.stop_check_every=1"]
+    launcher = subprocess.Popen(
+        [os.path.join(repo_root, "launch", "local.sh"), "2", "--", *args],
+        env=env,
+        cwd=repo_root,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    metrics = os.path.join(workdir, "metrics.jsonl")
+    deadline = time.time() + 300
+    while not (os.path.exists(metrics) and os.path.getsize(metrics) > 0) and time.time() < deadline:
+        time.sleep(0.5)
+    launcher.send_signal(signal.SIGTERM)  # local.sh passes it on to both processes
+    _, stderr = launcher.communicate(timeout=300)
+    assert launcher.returncode == 75, stderr[-3000:]
+    assert "SIGTERM at step" in stderr
+    steps = [int(name) for name in os.listdir(os.path.join(workdir, "checkpoints")) if name.isdigit()]
+    assert len(steps) == 1 and steps[0] >= 1  # one checkpoint, written by both hosts together
+    data = os.listdir(os.path.join(workdir, "checkpoints", str(steps[0]), "data"))
+    assert sorted(name for name in data if name.startswith("process_")) == [
+        "process_0-of-2.json",
+        "process_1-of-2.json",
+    ]
