@@ -65,6 +65,7 @@ def base_config() -> ConfigDict:
             "mlp_dim": None,
             "context_length": 77,
             "vocab_size": 49408,
+            "causal": True,  # causal attention mask (OpenAI CLIP); False for MobileCLIP-S1/S2's text towers
         }
     )
     c.model.act = "gelu"  # "gelu" (open_clip, LAION/DataComp weights) or "quick_gelu" (OpenAI weights)

@@ -29,7 +29,12 @@ def validate(config: ConfigDict, *, num_devices: int, process_count: int, tasks:
             raise ConfigError(f"config.{key}={config[key]} must be 0 (off) or positive")
     if config.preemption_grace_s <= 0:
         raise ConfigError(f"config.preemption_grace_s={config.preemption_grace_s} must be positive")
-    if config.init is not None:
+    if config.task == "evaluate" and not config.init:
+        raise ConfigError(
+            "config.init is required with config.task='evaluate': pass the weights, e.g. --config.init=DIR from "
+            "`python -m clipjax.convert` or a pretraining workdir"
+        )
+    if config.task == "pretrain" and config.init is not None:
         raise ConfigError(
             f"config.init={config.init!r}: task {config.task!r} starts from random weights (and resumes from its "
             "workdir); unset config.init"

@@ -78,6 +78,7 @@ def build_clip(model: ConfigDict) -> CLIP:
         mlp_dim=dims["mlp_dim"],
         embed_dim=model.embed_dim,
         act=model.act,
+        causal=model.text.causal,
         remat=model.remat,
         dtype=DTYPES[model.dtype],
     )

@@ -1,4 +1,4 @@
-"""Text tower of OpenAI CLIP: causal transformer over BPE tokens, pooled at the end-of-text token."""
+"""Text tower of OpenAI CLIP: transformer over BPE tokens (causal by default), pooled at the end-of-text token."""
 
 from __future__ import annotations
 
@@ -34,6 +34,7 @@ class TextTransformer(nn.Module):
     mlp_dim: int
     embed_dim: int
     act: str = "gelu"
+    causal: bool = True  # False: every token sees every token (MobileCLIP-S1/S2 text towers)
     remat: str = "none"
     dtype: Dtype = jnp.float32
 
@@ -58,7 +59,7 @@ class TextTransformer(nn.Module):
             self.num_heads,
             self.mlp_dim,
             act=self.act,
-            causal=True,
+            causal=self.causal,
             remat=self.remat,
             dtype=self.dtype,
             name="encoder",

@@ -1,0 +1,88 @@
+"""Converts a PyTorch CLIP checkpoint into clipjax weights usable with `--config.init=DIR`.
+
+  python -m clipjax.convert --source=open_clip --model=ViT-B-16 --checkpoint=FILE --workdir=DIR
+
+FILE: a `.safetensors` file (read without PyTorch) or a `.pt` / `.bin` state dict (needs PyTorch). Models:
+see `--help`. Keys the model does not use, keys it needs that are absent and shape mismatches are all
+named in one error line (exit status 2); nothing is written then. DIR must not hold converted weights yet.
+Exit status: 0 written; 1 unreadable file or unwritable DIR; 2 bad arguments or a checkpoint that does not fit.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+USAGE = "usage: python -m clipjax.convert --source=open_clip --model=NAME --checkpoint=FILE --workdir=DIR"
+
+
+def parse(argv: Sequence[str]) -> dict[str, str]:
+    """{"source", "model", "checkpoint", "workdir"} from `--key=value` / `--key value` arguments."""
+    from clipjax.errors import ConfigError
+
+    wanted = ("source", "model", "checkpoint", "workdir")
+    values: dict[str, str] = {}
+    args = list(argv)
+    while args:
+        arg = args.pop(0)
+        name, sep, value = arg.removeprefix("--").partition("=")
+        if not arg.startswith("--") or name not in wanted:
+            raise ConfigError(f"unexpected argument {arg!r}; {USAGE}")
+        if not sep:
+            if not args:
+                raise ConfigError(f"--{name} needs a value; {USAGE}")
+            value = args.pop(0)
+        values[name] = value
+    missing = [name for name in wanted if name not in values]
+    if missing:
+        raise ConfigError(f"missing --{', --'.join(missing)}; {USAGE}")
+    return values
+
+
+def convert(source: str, model_name: str, checkpoint: str, workdir: str) -> str:
+    """Reads, converts and writes; returns a one-line description of what was written."""
+    from clipjax.convert.openclip import OPEN_CLIP_MODELS, convert_open_clip, open_clip_model_config
+    from clipjax.convert.state_dict import read_state_dict
+    from clipjax.errors import ConfigError
+    from clipjax.train.init import save_converted
+
+    if source != "open_clip":
+        raise ConfigError(f"--source={source!r} is not supported; use --source=open_clip")
+    if model_name not in OPEN_CLIP_MODELS:
+        raise ConfigError(f"--model={model_name!r} is not supported; choose one of {', '.join(OPEN_CLIP_MODELS)}")
+    model = open_clip_model_config(model_name)
+    params = convert_open_clip(read_state_dict(checkpoint), model)
+    save_converted(workdir, params, model, normalize="clip", source=f"open_clip {model_name} from {checkpoint}")
+    count = sum(value.size for value in _leaves(params))
+    return f"converted open_clip {model_name} ({count / 1e6:.1f}M parameters) from {checkpoint} into {workdir}"
+
+
+def _leaves(tree):
+    if isinstance(tree, dict):
+        for value in tree.values():
+            yield from _leaves(value)
+    else:
+        yield tree
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the command line; returns the exit status."""
+    argv = sys.argv[1:] if argv is None else argv
+    if any(arg in ("-h", "--help") for arg in argv):
+        from clipjax.convert.openclip import OPEN_CLIP_MODELS
+
+        print(__doc__.strip() + "\n\nopen_clip models: " + ", ".join(OPEN_CLIP_MODELS))
+        return 0
+    from clipjax.errors import UserError
+
+    try:
+        args = parse(argv)
+        print(convert(args["source"], args["model"], args["checkpoint"], args["workdir"]), flush=True)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return e.exit_status
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

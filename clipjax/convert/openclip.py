@@ -1,0 +1,138 @@
+"""open_clip CLIP checkpoints (OpenAI, LAION, DataComp weights) to clipjax parameters.
+
+open_clip's ViT models keep OpenAI's layout: `visual.conv1`, `visual.class_embedding`,
+`visual.transformer.resblocks.N.{ln_1,attn.in_proj_*,attn.out_proj,ln_2,mlp.c_fc,mlp.c_proj}`, `visual.proj`;
+the text tower at the top level (`token_embedding`, `transformer.resblocks.N...`, `ln_final`,
+`text_projection`), or under `text.` for models with a custom text tower. PyTorch linear weights are
+[out, in]; Flax kernels are [in, out], and clipjax splits attention projections by head.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+from ml_collections import ConfigDict
+
+from clipjax.convert.state_dict import StateDictReader
+from clipjax.defaults import base_config
+from clipjax.models.presets import image_tower_dims, text_tower_dims
+
+# open_clip name -> clipjax config.model overrides. Vision heads are width / 64 in open_clip, as in clipjax's
+# presets. "-quickgelu" names are the OpenAI-trained weights' activation.
+OPEN_CLIP_MODELS: dict[str, dict[str, Any]] = {
+    "ViT-B-32": {"name": "vit_b32", "embed_dim": 512, "text": {"name": "base"}},
+    "ViT-B-16": {"name": "vit_b16", "embed_dim": 512, "text": {"name": "base"}},
+    "ViT-L-14": {"name": "vit_l14", "embed_dim": 768, "text": {"name": "large"}},
+}
+for _name in list(OPEN_CLIP_MODELS):
+    OPEN_CLIP_MODELS[f"{_name}-quickgelu"] = {**OPEN_CLIP_MODELS[_name], "act": "quick_gelu"}
+
+
+def open_clip_model_config(name: str) -> ConfigDict:
+    """The full clipjax `config.model` equal to open_clip model `name` (one of OPEN_CLIP_MODELS).
+
+    Raises:
+      KeyError: an unsupported name.
+    """
+    if name not in OPEN_CLIP_MODELS:
+        raise KeyError(f"open_clip model {name!r} is not supported; choose one of {', '.join(OPEN_CLIP_MODELS)}")
+    model = base_config().model
+    overrides = dict(OPEN_CLIP_MODELS[name])
+    model.text.update(overrides.pop("text", {}))
+    model.update(overrides)
+    return model
+
+
+def _linear(reader: StateDictReader, prefix: str, fan_in: int, fan_out: int) -> dict[str, np.ndarray]:
+    return {
+        "kernel": reader.take(f"{prefix}.weight", (fan_out, fan_in)).T,
+        "bias": reader.take(f"{prefix}.bias", (fan_out,)),
+    }
+
+
+def _norm(reader: StateDictReader, prefix: str, width: int) -> dict[str, np.ndarray]:
+    return {"scale": reader.take(f"{prefix}.weight", (width,)), "bias": reader.take(f"{prefix}.bias", (width,))}
+
+
+def _encoder(reader: StateDictReader, prefix: str, depth: int, width: int, heads: int, mlp_dim: int) -> dict:
+    """`{prefix}.resblocks.N` -> clipjax Encoder params {block_N: ...}."""
+    head_dim = width // heads
+    blocks = {}
+    for i in range(depth):
+        p = f"{prefix}.resblocks.{i}"
+        qkv_w = reader.take(f"{p}.attn.in_proj_weight", (3 * width, width))
+        qkv_b = reader.take(f"{p}.attn.in_proj_bias", (3 * width,))
+        out_w = reader.take(f"{p}.attn.out_proj.weight", (width, width))
+        blocks[f"block_{i}"] = {
+            "ln_1": _norm(reader, f"{p}.ln_1", width),
+            "attn": {
+                # rows of in_proj are [q; k; v], each head-major: output index = head * head_dim + d
+                "qkv": {
+                    "kernel": qkv_w.reshape(3, heads, head_dim, width).transpose(3, 0, 1, 2),
+                    "bias": qkv_b.reshape(3, heads, head_dim),
+                },
+                "out": {
+                    "kernel": out_w.T.reshape(heads, head_dim, width),
+                    "bias": reader.take(f"{p}.attn.out_proj.bias", (width,)),
+                },
+            },
+            "ln_2": _norm(reader, f"{p}.ln_2", width),
+            "mlp": {
+                "fc1": _linear(reader, f"{p}.mlp.c_fc", width, mlp_dim),
+                "fc2": _linear(reader, f"{p}.mlp.c_proj", mlp_dim, width),
+            },
+        }
+    return blocks
+
+
+def _vision_transformer(reader: StateDictReader, model: ConfigDict) -> dict:
+    dims = image_tower_dims(model)
+    width, patch = dims["width"], dims["patch_size"]
+    grid = model.image_size // patch
+    return {
+        "patch_embed": {"kernel": reader.take("visual.conv1.weight", (width, 3, patch, patch)).transpose(2, 3, 1, 0)},
+        "cls_token": reader.take("visual.class_embedding", (width,)),
+        "pos_embed": reader.take("visual.positional_embedding", (1 + grid * grid, width)),
+        "ln_pre": _norm(reader, "visual.ln_pre", width),
+        "encoder": _encoder(reader, "visual.transformer", dims["depth"], width, dims["heads"], dims["mlp_dim"]),
+        "ln_post": _norm(reader, "visual.ln_post", width),
+        "proj": {"kernel": reader.take("visual.proj", (width, model.embed_dim))},
+    }
+
+
+def text_transformer(reader: StateDictReader, model: ConfigDict, prefix: str = "") -> dict:
+    """open_clip's text tower (keys at the top level, or under `prefix`, e.g. "text.") -> clipjax params."""
+    dims = text_tower_dims(model)
+    width, length = dims["width"], model.text.context_length
+    return {
+        "token_embed": {"embedding": reader.take(f"{prefix}token_embedding.weight", (model.text.vocab_size, width))},
+        "pos_embed": reader.take(f"{prefix}positional_embedding", (length, width)),
+        "encoder": _encoder(reader, f"{prefix}transformer", dims["depth"], width, dims["heads"], dims["mlp_dim"]),
+        "ln_final": _norm(reader, f"{prefix}ln_final", width),
+        "proj": {"kernel": reader.take(f"{prefix}text_projection", (width, model.embed_dim))},
+    }
+
+
+def convert_open_clip(state_dict: Mapping[str, np.ndarray], model: ConfigDict) -> dict[str, Any]:
+    """An open_clip ViT CLIP state dict -> clipjax CLIP params for `config.model` = `model`.
+
+    Args:
+      state_dict: {name: numpy array} (see `clipjax.convert.state_dict.read_state_dict`).
+      model: the matching clipjax `config.model` (e.g. `open_clip_model_config("ViT-B-16")`).
+
+    Returns:
+      float32 numpy params {"image": ..., "text": ..., "logit_scale": []} for `build_clip(model)`.
+
+    Raises:
+      ConversionError: naming every unknown key, missing key and shape mismatch.
+    """
+    reader = StateDictReader(state_dict)
+    params = {
+        "image": _vision_transformer(reader, model),
+        "text": text_transformer(reader, model),
+        "logit_scale": reader.take("logit_scale", ()),
+    }
+    reader.finish(f"clipjax model {model.name} (image {model.image_size} px, embed {model.embed_dim})")
+    return params

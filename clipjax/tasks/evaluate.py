@@ -1,0 +1,47 @@
+"""Evaluating saved weights without training: zero-shot classification and retrieval of `config.init`.
+
+The model comes from the weights: a converted checkpoint (`python -m clipjax.convert`) or a pretraining
+workdir says which `config.model` and which image normalisation it needs; only `config.model.dtype` is
+taken from the config. The metrics go to `<workdir>/metrics.jsonl` (and TensorBoard) as a row at step 0.
+"""
+
+from __future__ import annotations
+
+import time
+
+import jax
+from jax.sharding import Mesh
+from ml_collections import ConfigDict
+
+from clipjax.config import merge_onto_defaults
+from clipjax.evals.setup import make_evaluator
+from clipjax.models import build_clip
+from clipjax.parallel import state_shardings
+from clipjax.train.init import abstract_params, load_params, read_metadata
+from clipjax.train.loop import Metrics, prepare_workdir, save_config
+from clipjax.train.metrics import MetricWriter
+
+
+def run(config: ConfigDict, workdir: str, mesh: Mesh) -> Metrics:
+    """Evaluates the weights in `config.init` as `config.eval` says; returns the metrics and timings."""
+    start = time.perf_counter()
+    saved = read_metadata(config.init)
+    dtype = config.model.dtype
+    config.model = merge_onto_defaults(ConfigDict({"model": saved["model"]})).model
+    config.model.dtype = dtype
+    config.data.normalize = saved["normalize"]
+    prepare_workdir(workdir)
+    if jax.process_index() == 0:
+        save_config(config, workdir)
+        print(f"evaluating {saved['source']} ({config.model.name}, {config.model.image_size} px)", flush=True)
+    model = build_clip(config.model)
+    target = abstract_params(model, config, lambda tree: state_shardings(tree, mesh, config.fsdp_min_size))
+    params = load_params(config.init, target)
+    loaded = time.perf_counter()
+    metrics = make_evaluator(model, mesh, config)(params)
+    writer = MetricWriter(workdir)
+    try:
+        writer.write(0, metrics)
+    finally:
+        writer.close()
+    return {**metrics, "steps": 0, "wall_time_s": time.perf_counter() - start, "compile_time_s": loaded - start}

@@ -1,0 +1,159 @@
+"""open_clip checkpoints converted to clipjax: the same embeddings as open_clip's own PyTorch models, every
+misfit named, and the command line through to zero-shot evaluation with `config.init`."""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import open_clip  # the test extra installs it (with PyTorch): these tests are never skipped
+import pytest
+import torch
+
+from clipjax.convert.__main__ import main as convert_main
+from clipjax.convert.openclip import convert_open_clip, open_clip_model_config
+from clipjax.convert.state_dict import ConversionError, read_state_dict
+from clipjax.data.images import center_crop, decode_image
+from clipjax.data.transforms import normalize_images
+from clipjax.main import main
+from clipjax.models import CLIP, build_clip
+from clipjax.tokenizer import tokenize
+from tests.shards import encode, photos
+
+TEXTS = ["a photo of an astronaut", "a cat on a chair", "", "café crème — naïve façade!"]
+
+
+def reference(name):
+    torch.manual_seed(0)
+    model = open_clip.create_model(name, pretrained=None).eval()
+    with torch.no_grad():  # a non-default temperature, so the scale is really converted
+        model.logit_scale.fill_(2.5)
+    return model, {key: value.detach().numpy() for key, value in model.state_dict().items()}
+
+
+def converted(name):
+    """(open_clip model with random weights, its state dict, the clipjax config.model, converted params)."""
+    torch_model, state_dict = reference(name)
+    config = open_clip_model_config(name)
+    return torch_model, state_dict, config, convert_open_clip(state_dict, config)
+
+
+def pixels(size):
+    """Two real photos, centre-cropped to size, CLIP-normalised: float32 [2, size, size, 3]."""
+    images = [center_crop(np.asarray(p.convert("RGB")), size) for p in (photos()["astronaut"], photos()["chelsea"])]
+    return np.asarray(normalize_images(np.stack(images), "clip"))
+
+
+@pytest.mark.parametrize("name", ["ViT-B-32", "ViT-B-32-quickgelu"])
+def test_converted_open_clip_gives_open_clips_embeddings(name):
+    torch_model, _, config, params = converted(name)
+    model = build_clip(config)
+    images, tokens = pixels(224), tokenize(TEXTS)
+    with torch.no_grad():
+        want_image = torch_model.encode_image(torch.tensor(images).permute(0, 3, 1, 2), normalize=True).numpy()
+        want_text = torch_model.encode_text(torch.tensor(tokens, dtype=torch.long), normalize=True).numpy()
+    got_image, got_text, scale = model.apply({"params": params}, jnp.asarray(images), jnp.asarray(tokens))
+    np.testing.assert_allclose(got_image, want_image, atol=1e-4)
+    np.testing.assert_allclose(got_text, want_text, atol=1e-4)
+    assert float(scale) == pytest.approx(float(torch_model.logit_scale.detach().exp()), rel=1e-6)
+
+
+@pytest.mark.parametrize("name", ["ViT-B-16", "ViT-L-14"])
+def test_larger_models_convert_to_exactly_clipjax_shapes(name):
+    _, state_dict, config, params = converted(name)
+    model = build_clip(config)
+    size, length = config.image_size, config.text.context_length
+    expected = jax.eval_shape(
+        lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, size, size, 3)), jnp.zeros((1, length), jnp.int32))
+    )["params"]
+    assert jax.tree.map(np.shape, params) == jax.tree.map(lambda s: s.shape, expected)
+    assert sum(v.size for v in jax.tree.leaves(params)) == sum(v.size for v in state_dict.values())
+
+
+def test_misfits_are_all_named_in_one_line():
+    _, state_dict = reference("ViT-B-32")
+    state_dict = dict(state_dict)
+    del state_dict["visual.ln_post.bias"]
+    state_dict["visual.extra_head.weight"] = np.zeros(3, np.float32)
+    state_dict["text_projection"] = np.zeros((512, 256), np.float32)
+    with pytest.raises(ConversionError) as error:
+        convert_open_clip(state_dict, open_clip_model_config("ViT-B-32"))
+    message = str(error.value)
+    assert "\n" not in message
+    assert "unknown keys: visual.extra_head.weight" in message
+    assert "missing keys: visual.ln_post.bias" in message
+    assert "shape: text_projection (512, 256) vs expected (512, 512)" in message
+
+
+def test_pt_and_safetensors_files_read_alike(tmp_path):
+    from safetensors.numpy import save_file
+
+    tensors = {"a.weight": np.arange(6, dtype=np.float32).reshape(2, 3), "b": np.array(np.e, np.float32)}
+    save_file(tensors, str(tmp_path / "w.safetensors"))
+    torch.save({"state_dict": {f"module.{k}": torch.tensor(v) for k, v in tensors.items()}}, tmp_path / "w.pt")
+    for path in ("w.safetensors", "w.pt"):
+        loaded = read_state_dict(str(tmp_path / path))
+        assert sorted(loaded) == ["a.weight", "b"]
+        np.testing.assert_array_equal(loaded["a.weight"], tensors["a.weight"])
+
+
+def test_convert_then_evaluate_zero_shot_from_the_command_line(tmp_path, repo_root, capsys):
+    from safetensors.numpy import save_file
+
+    torch_model, state_dict = reference("ViT-B-32")
+    save_file(state_dict, str(tmp_path / "model.safetensors"))
+    weights = str(tmp_path / "weights")
+    args = ["--source=open_clip", "--model=ViT-B-32", f"--checkpoint={tmp_path / 'model.safetensors'}"]
+    assert convert_main([*args, f"--workdir={weights}"]) == 0
+    assert "converted open_clip ViT-B-32 (151.3M parameters)" in capsys.readouterr().out
+    assert convert_main([*args, f"--workdir={weights}"]) == 1  # never overwrites
+    assert "already holds converted parameters" in capsys.readouterr().err
+
+    # Three classes of real photos; open_clip's own model classifies the same pixels as the oracle.
+    folder = tmp_path / "val"
+    chosen = {"cat": ["chelsea"], "space": ["astronaut", "hubble"], "cup": ["coffee"]}
+    for label, names in chosen.items():
+        (folder / label).mkdir(parents=True)
+        for name in names:
+            (folder / label / f"{name}.png").write_bytes(encode(photos()[name], "png"))
+    workdir = str(tmp_path / "eval")
+    status = main(
+        [
+            f"--config={repo_root}/configs/evaluate.py",
+            f"--config.init={weights}",
+            f"--workdir={workdir}",
+            "--config.eval.zeroshot.kind=folder",
+            f"--config.eval.zeroshot.path={folder}",
+            "--config.eval.zeroshot.classnames=source",
+            "--config.eval.zeroshot.batch_size=8",
+        ]
+    )
+    assert status == 0, capsys.readouterr().err
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        (row,) = [json.loads(line) for line in f]
+
+    from clipjax.evals.setup import imagenet_prompts
+
+    _, templates = imagenet_prompts()
+    classes = sorted(chosen)
+    files = [(folder / c / f"{n}.png", i) for i, c in enumerate(classes) for n in sorted(chosen[c])]
+    images = np.stack([center_crop(decode_image(path.read_bytes(), target=224), 224) for path, _ in files])
+    with torch.no_grad():
+        image_emb = torch_model.encode_image(
+            torch.tensor(np.asarray(normalize_images(images, "clip"))).permute(0, 3, 1, 2), normalize=True
+        )
+        prompts = tokenize([t.format(c) for c in classes for t in templates])
+        text_emb = torch_model.encode_text(torch.tensor(prompts, dtype=torch.long), normalize=True)
+        classifier = torch.nn.functional.normalize(text_emb.reshape(3, len(templates), -1).mean(1), dim=-1)
+        predicted = (image_emb @ classifier.T).argmax(1).numpy()
+    assert row["eval/zeroshot_top1"] == pytest.approx(np.mean(predicted == [label for _, label in files]))
+    assert row["step"] == 0
+
+
+def test_clipjax_model_accepts_converted_params_under_jit():
+    # The converted tree is plain numpy: it must go through jit and the CLIP encoders unchanged.
+    _, _, config, params = converted("ViT-B-32")
+    encode = jax.jit(lambda p, t: build_clip(config).apply({"params": p}, t, method=CLIP.encode_text))
+    out = encode(params, jnp.asarray(tokenize(["a dog"])))
+    assert out.shape == (1, 512) and np.isclose(float(jnp.linalg.norm(out)), 1.0, atol=1e-5)
