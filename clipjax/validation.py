@@ -13,7 +13,14 @@ from clipjax.errors import ConfigError
 from clipjax.evals.setup import CLASSNAME_SOURCES, ZEROSHOT_KINDS
 from clipjax.losses.contrastive import IMPLEMENTATIONS, LOSS_KINDS
 from clipjax.models.layers import ACTIVATIONS, REMAT_POLICIES
-from clipjax.models.presets import DTYPES, TEXT_SIZES, image_tower_dims, image_tower_names, text_tower_dims
+from clipjax.models.presets import (
+    DTYPES,
+    TEXT_SIZES,
+    image_tower_dims,
+    image_tower_names,
+    is_mci,
+    text_tower_dims,
+)
 from clipjax.parallel import mesh_shape
 from clipjax.tokenizer import VOCAB_SIZE
 
@@ -59,7 +66,9 @@ def _validate_model(model: ConfigDict) -> None:
     choice("config.model.remat", model.remat, ("none", *REMAT_POLICIES))
     choice("config.model.image.pool", model.image.pool, ("cls", "mean"))
     choice("config.model.image.stem", model.image.stem, ("patch", "conv"))
-    for tower, dims in (("image", image_tower_dims(model)), ("text", text_tower_dims(model))):
+    # MCi encoders are convolutional: no ViT dims, and every stride-2 stage needs an even size.
+    towers = [("text", text_tower_dims(model))] + ([] if is_mci(model.name) else [("image", image_tower_dims(model))])
+    for tower, dims in towers:
         for key, value in dims.items():
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"config.model.{tower}.{key}={value!r} must be a positive integer")
@@ -68,16 +77,16 @@ def _validate_model(model: ConfigDict) -> None:
                 f"config.model.{tower}.width={dims['width']} is not divisible by heads={dims['heads']}; "
                 f"set config.model.{tower}.heads to a divisor of the width"
             )
-    patch = image_tower_dims(model)["patch_size"]
+    patch = 32 if is_mci(model.name) else image_tower_dims(model)["patch_size"]
     if model.image.stem == "conv" and (patch < 4 or patch & (patch - 1)):
         raise ConfigError(
             f"config.model.image.stem='conv' needs a power-of-two patch size >= 4, got {patch}; "
             "set config.model.image.patch_size=16 or config.model.image.stem='patch'"
         )
     if model.image_size % patch:
+        what = f"{model.name}'s total stride" if is_mci(model.name) else "the patch size"
         raise ConfigError(
-            f"config.model.image_size={model.image_size} is not divisible by the patch size {patch}; "
-            f"use a multiple of {patch}"
+            f"config.model.image_size={model.image_size} is not divisible by {what} {patch}; use a multiple of {patch}"
         )
     if model.text.vocab_size < VOCAB_SIZE:
         raise ConfigError(

@@ -10,9 +10,10 @@ import numpy as np
 import open_clip  # the test extra installs it (with PyTorch): these tests are never skipped
 import pytest
 import torch
+from ml_collections import ConfigDict
 
 from clipjax.convert.__main__ import main as convert_main
-from clipjax.convert.openclip import convert_open_clip, open_clip_model_config
+from clipjax.convert.openclip import convert_open_clip, open_clip_model_config, open_clip_normalize
 from clipjax.convert.state_dict import ConversionError, read_state_dict
 from clipjax.data.images import center_crop, decode_image
 from clipjax.data.transforms import normalize_images
@@ -33,42 +34,43 @@ def reference(name):
 
 
 def converted(name):
-    """(open_clip model with random weights, its state dict, the clipjax config.model, converted params)."""
+    """(open_clip model with random weights, its state dict, the clipjax config.model, converted variables)."""
     torch_model, state_dict = reference(name)
     config = open_clip_model_config(name)
     return torch_model, state_dict, config, convert_open_clip(state_dict, config)
 
 
-def pixels(size):
-    """Two real photos, centre-cropped to size, CLIP-normalised: float32 [2, size, size, 3]."""
+def pixels(size, normalize="clip"):
+    """Two real photos, centre-cropped to size and normalised: float32 [2, size, size, 3]."""
     images = [center_crop(np.asarray(p.convert("RGB")), size) for p in (photos()["astronaut"], photos()["chelsea"])]
-    return np.asarray(normalize_images(np.stack(images), "clip"))
+    return np.asarray(normalize_images(np.stack(images), normalize))
 
 
-@pytest.mark.parametrize("name", ["ViT-B-32", "ViT-B-32-quickgelu"])
+@pytest.mark.parametrize("name", ["ViT-B-32", "ViT-B-32-quickgelu", "MobileCLIP2-S0"])
 def test_converted_open_clip_gives_open_clips_embeddings(name):
-    torch_model, _, config, params = converted(name)
+    torch_model, _, config, variables = converted(name)
     model = build_clip(config)
-    images, tokens = pixels(224), tokenize(TEXTS)
+    images, tokens = pixels(config.image_size, open_clip_normalize(name)), tokenize(TEXTS)
     with torch.no_grad():
         want_image = torch_model.encode_image(torch.tensor(images).permute(0, 3, 1, 2), normalize=True).numpy()
         want_text = torch_model.encode_text(torch.tensor(tokens, dtype=torch.long), normalize=True).numpy()
-    got_image, got_text, scale = model.apply({"params": params}, jnp.asarray(images), jnp.asarray(tokens))
+    got_image, got_text, scale = model.apply(variables, jnp.asarray(images), jnp.asarray(tokens))
     np.testing.assert_allclose(got_image, want_image, atol=1e-4)
     np.testing.assert_allclose(got_text, want_text, atol=1e-4)
     assert float(scale) == pytest.approx(float(torch_model.logit_scale.detach().exp()), rel=1e-6)
 
 
-@pytest.mark.parametrize("name", ["ViT-B-16", "ViT-L-14"])
+@pytest.mark.parametrize("name", ["ViT-B-16", "ViT-L-14", "MobileCLIP-S1", "MobileCLIP-S2"])
 def test_larger_models_convert_to_exactly_clipjax_shapes(name):
-    _, state_dict, config, params = converted(name)
+    _, state_dict, config, variables = converted(name)
     model = build_clip(config)
     size, length = config.image_size, config.text.context_length
     expected = jax.eval_shape(
         lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, size, size, 3)), jnp.zeros((1, length), jnp.int32))
-    )["params"]
-    assert jax.tree.map(np.shape, params) == jax.tree.map(lambda s: s.shape, expected)
-    assert sum(v.size for v in jax.tree.leaves(params)) == sum(v.size for v in state_dict.values())
+    )
+    assert jax.tree.map(np.shape, variables) == jax.tree.map(lambda s: s.shape, expected)
+    weights = [v for k, v in state_dict.items() if not k.endswith("num_batches_tracked")]
+    assert sum(v.size for v in jax.tree.leaves(variables)) == sum(v.size for v in weights)
 
 
 def test_misfits_are_all_named_in_one_line():
@@ -153,7 +155,27 @@ def test_convert_then_evaluate_zero_shot_from_the_command_line(tmp_path, repo_ro
 
 def test_clipjax_model_accepts_converted_params_under_jit():
     # The converted tree is plain numpy: it must go through jit and the CLIP encoders unchanged.
-    _, _, config, params = converted("ViT-B-32")
+    _, _, config, variables = converted("ViT-B-32")
+    params = variables["params"]
     encode = jax.jit(lambda p, t: build_clip(config).apply({"params": p}, t, method=CLIP.encode_text))
     out = encode(params, jnp.asarray(tokenize(["a dog"])))
     assert out.shape == (1, 512) and np.isclose(float(jnp.linalg.norm(out)), 1.0, atol=1e-5)
+
+
+def test_mobileclip_variables_round_trip_through_an_init_directory(tmp_path):
+    from clipjax.parallel import make_mesh, state_shardings
+    from clipjax.train.init import abstract_variables, load_variables, read_metadata, save_converted
+
+    _, _, model_config, variables = converted("MobileCLIP2-S0")
+    save_converted(str(tmp_path / "w"), variables, model_config, normalize="none", source="test")
+    metadata = read_metadata(str(tmp_path / "w"))
+    assert metadata["normalize"] == "none" and metadata["model"]["name"] == "mci0"
+    assert metadata["model"]["text"]["causal"] is False
+    config = open_clip_model_config("MobileCLIP2-S0")
+    mesh = make_mesh(ConfigDict({"data": 4, "fsdp": 2}))
+    sharding_of = lambda tree: state_shardings(tree, mesh, 2**16)  # noqa: E731
+    target = abstract_variables(build_clip(config), ConfigDict({"model": config}), sharding_of)
+    loaded = load_variables(str(tmp_path / "w"), target)
+    assert set(loaded) == {"params", "batch_stats"}
+    for want, got in zip(jax.tree.leaves(variables), jax.tree.leaves(loaded)):
+        np.testing.assert_array_equal(np.asarray(got), want)

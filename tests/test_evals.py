@@ -112,7 +112,7 @@ def test_zeroshot_and_retrieval_equal_numpy_on_unsharded_embeddings(eval_data):
     params = model.init(jax.random.PRNGKey(1), jnp.zeros((1, size, size, 3)), jnp.zeros((1, length), jnp.int32))[
         "params"
     ]
-    metrics = make_evaluator(model, make_mesh(config.mesh), config)(params)
+    metrics = make_evaluator(model, make_mesh(config.mesh), config)({"params": params})
 
     # Oracle: one device, no batching, numpy top-k.
     def images(paths):
@@ -156,7 +156,7 @@ def test_an_undecodable_evaluation_image_stops_with_its_file_name(eval_data, tmp
     params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, size, size, 3)), jnp.zeros((1, length), jnp.int32))
     evaluate = make_evaluator(model, make_mesh(config.mesh), config)
     with pytest.raises(UserError, match="broken.jpg cannot be decoded"):
-        evaluate(params["params"])
+        evaluate(params)
 
 
 @pytest.mark.parametrize(

@@ -61,7 +61,7 @@ def toy_task(config, samples):
     tx = optax.sgd(0.01)
 
     def init_state(rng):
-        return TrainState.create({"w": jnp.zeros(4)}, tx, rng)
+        return TrainState.create({"params": {"w": jnp.zeros(4)}}, tx, rng)
 
     def train_step(state, batch):
         loss, grads = jax.value_and_grad(lambda p: jnp.mean((p["w"] - batch["x"]) ** 2))(state.params)
@@ -79,7 +79,13 @@ def toy_task(config, samples):
             start_sample=start_sample,
         )
 
-    return Task(init_state, train_step, dataset, lambda params: {"eval/w0": float(params["w"][0])}, config.batch_size)
+    return Task(
+        init_state,
+        train_step,
+        dataset,
+        lambda variables: {"eval/w0": float(variables["params"]["w"][0])},
+        config.batch_size,
+    )
 
 
 def run(workdir, samples=None, **overrides):
@@ -157,7 +163,7 @@ def test_incompatible_config_or_model_is_refused_and_nothing_is_deleted(tmp_path
     config = toy_config()
     config.mesh = ConfigDict({"data": 1, "fsdp": 1})
     task = toy_task(config, Samples())
-    task.init_state = lambda rng: TrainState.create({"w": jnp.zeros(5)}, optax.sgd(0.01), rng)
+    task.init_state = lambda rng: TrainState.create({"params": {"w": jnp.zeros(5)}}, optax.sgd(0.01), rng)
     with pytest.raises(ConfigError, match=r"holds a different model: opt_state.* is|params/w is \(4,\) there"):
         train(config, str(tmp_path), make_mesh(config.mesh, jax.devices()[:1]), task)
     assert sorted(os.listdir(tmp_path / "checkpoints")) == before

@@ -41,7 +41,12 @@ def parse(argv: Sequence[str]) -> dict[str, str]:
 
 def convert(source: str, model_name: str, checkpoint: str, workdir: str) -> str:
     """Reads, converts and writes; returns a one-line description of what was written."""
-    from clipjax.convert.openclip import OPEN_CLIP_MODELS, convert_open_clip, open_clip_model_config
+    from clipjax.convert.openclip import (
+        OPEN_CLIP_MODELS,
+        convert_open_clip,
+        open_clip_model_config,
+        open_clip_normalize,
+    )
     from clipjax.convert.state_dict import read_state_dict
     from clipjax.errors import ConfigError
     from clipjax.train.init import save_converted
@@ -51,9 +56,10 @@ def convert(source: str, model_name: str, checkpoint: str, workdir: str) -> str:
     if model_name not in OPEN_CLIP_MODELS:
         raise ConfigError(f"--model={model_name!r} is not supported; choose one of {', '.join(OPEN_CLIP_MODELS)}")
     model = open_clip_model_config(model_name)
-    params = convert_open_clip(read_state_dict(checkpoint), model)
-    save_converted(workdir, params, model, normalize="clip", source=f"open_clip {model_name} from {checkpoint}")
-    count = sum(value.size for value in _leaves(params))
+    variables = convert_open_clip(read_state_dict(checkpoint), model)
+    source_name = f"open_clip {model_name} from {checkpoint}"
+    save_converted(workdir, variables, model, normalize=open_clip_normalize(model_name), source=source_name)
+    count = sum(value.size for value in _leaves(variables["params"]))
     return f"converted open_clip {model_name} ({count / 1e6:.1f}M parameters) from {checkpoint} into {workdir}"
 
 

@@ -1,9 +1,10 @@
-"""open_clip CLIP checkpoints (OpenAI, LAION, DataComp weights) to clipjax parameters.
+"""open_clip CLIP checkpoints (OpenAI, LAION, DataComp weights; MobileCLIP) to clipjax variables.
 
 open_clip's ViT models keep OpenAI's layout: `visual.conv1`, `visual.class_embedding`,
 `visual.transformer.resblocks.N.{ln_1,attn.in_proj_*,attn.out_proj,ln_2,mlp.c_fc,mlp.c_proj}`, `visual.proj`;
 the text tower at the top level (`token_embedding`, `transformer.resblocks.N...`, `ln_final`,
-`text_projection`), or under `text.` for models with a custom text tower. PyTorch linear weights are
+`text_projection`), or under `text.` for models with a custom text tower. MobileCLIP models hold a timm
+`fastvit_mci` image tower under `visual.trunk.` (see `clipjax.convert.fastvit`). PyTorch linear weights are
 [out, in]; Flax kernels are [in, out], and clipjax splits attention projections by head.
 """
 
@@ -15,9 +16,10 @@ from typing import Any
 import numpy as np
 from ml_collections import ConfigDict
 
+from clipjax.convert.fastvit import fastvit_to_mci
 from clipjax.convert.state_dict import StateDictReader
 from clipjax.defaults import base_config
-from clipjax.models.presets import image_tower_dims, text_tower_dims
+from clipjax.models.presets import image_tower_dims, is_mci, text_tower_dims
 
 # open_clip name -> clipjax config.model overrides. Vision heads are width / 64 in open_clip, as in clipjax's
 # presets. "-quickgelu" names are the OpenAI-trained weights' activation.
@@ -28,6 +30,21 @@ OPEN_CLIP_MODELS: dict[str, dict[str, Any]] = {
 }
 for _name in list(OPEN_CLIP_MODELS):
     OPEN_CLIP_MODELS[f"{_name}-quickgelu"] = {**OPEN_CLIP_MODELS[_name], "act": "quick_gelu"}
+# MobileCLIP: timm fastvit_mci image towers (whose classifier is the 512-d projection) at 256 px, and a base
+# text tower without the causal mask.
+_MOBILECLIP_TEXT = {"name": "base", "causal": False}
+OPEN_CLIP_MODELS.update(
+    {
+        "MobileCLIP-S1": {"name": "mci1", "image_size": 256, "embed_dim": 512, "text": _MOBILECLIP_TEXT},
+        "MobileCLIP-S2": {"name": "mci2", "image_size": 256, "embed_dim": 512, "text": _MOBILECLIP_TEXT},
+        "MobileCLIP2-S0": {"name": "mci0", "image_size": 256, "embed_dim": 512, "text": _MOBILECLIP_TEXT},
+    }
+)
+
+
+def open_clip_normalize(name: str) -> str:
+    """The image normalisation open_clip model `name` was trained with: "none" ([0, 1]) for MobileCLIP."""
+    return "none" if is_mci(OPEN_CLIP_MODELS[name]["name"]) else "clip"
 
 
 def open_clip_model_config(name: str) -> ConfigDict:
@@ -116,23 +133,38 @@ def text_transformer(reader: StateDictReader, model: ConfigDict, prefix: str = "
 
 
 def convert_open_clip(state_dict: Mapping[str, np.ndarray], model: ConfigDict) -> dict[str, Any]:
-    """An open_clip ViT CLIP state dict -> clipjax CLIP params for `config.model` = `model`.
+    """An open_clip CLIP state dict (ViT or MobileCLIP) -> clipjax CLIP variables for `config.model` = `model`.
 
     Args:
       state_dict: {name: numpy array} (see `clipjax.convert.state_dict.read_state_dict`).
       model: the matching clipjax `config.model` (e.g. `open_clip_model_config("ViT-B-16")`).
 
     Returns:
-      float32 numpy params {"image": ..., "text": ..., "logit_scale": []} for `build_clip(model)`.
+      float32 numpy variables for `build_clip(model)`: {"params": {"image", "text", "logit_scale"}}, plus
+      {"batch_stats": {"image": ...}} for MCi image towers (their frozen BatchNorm statistics).
 
     Raises:
       ConversionError: naming every unknown key, missing key and shape mismatch.
     """
+    what = f"clipjax model {model.name} (image {model.image_size} px, embed {model.embed_dim})"
+    if is_mci(model.name):
+        trunk = "visual.trunk."
+        image = fastvit_to_mci(
+            {k.removeprefix(trunk): v for k, v in state_dict.items() if k.startswith(trunk)},
+            model.name,
+            num_classes=model.embed_dim,
+        )
+        rest = {k: v for k, v in state_dict.items() if not k.startswith(trunk)}
+        reader = StateDictReader(rest)
+        params = {"image": image["params"], "text": text_transformer(reader, model, prefix="text.")}
+        params["logit_scale"] = reader.take("logit_scale", ())
+        reader.finish(what)
+        return {"params": params, "batch_stats": {"image": image["batch_stats"]}}
     reader = StateDictReader(state_dict)
     params = {
         "image": _vision_transformer(reader, model),
         "text": text_transformer(reader, model),
         "logit_scale": reader.take("logit_scale", ()),
     }
-    reader.finish(f"clipjax model {model.name} (image {model.image_size} px, embed {model.embed_dim})")
-    return params
+    reader.finish(what)
+    return {"params": params}

@@ -19,7 +19,7 @@ class Encoders:
     all of them.
 
     Args:
-      model: the CLIP module the params belong to.
+      model: the CLIP module the variables belong to ({"params": ..., other collections}).
       mesh: inputs are split over its batch axes.
       preprocess: uint8 images [B, S, S, 3] -> model input (normalisation), run on the device.
     """
@@ -27,25 +27,25 @@ class Encoders:
     def __init__(self, model: CLIP, mesh: Mesh, preprocess: Callable[[jax.Array], jax.Array]) -> None:
         self.mesh = mesh
 
-        def image(params: Any, images: jax.Array, valid: jax.Array) -> tuple[jax.Array, jax.Array]:
+        def image(variables: Any, images: jax.Array, valid: jax.Array) -> tuple[jax.Array, jax.Array]:
             # The mask comes back with the embeddings: replicated, it is readable on every host.
-            return model.apply({"params": params}, preprocess(images), method=CLIP.encode_image), valid
+            return model.apply(variables, preprocess(images), method=CLIP.encode_image), valid
 
-        def text(params: Any, tokens: jax.Array) -> jax.Array:
-            return model.apply({"params": params}, tokens, method=CLIP.encode_text)
+        def text(variables: Any, tokens: jax.Array) -> jax.Array:
+            return model.apply(variables, tokens, method=CLIP.encode_text)
 
         self.image = jax.jit(image, out_shardings=replicated(mesh))
         self.text = jax.jit(text, out_shardings=replicated(mesh))
 
-    def embed_image_batches(self, params: Any, batches: Iterable[dict[str, jax.Array]]) -> np.ndarray:
+    def embed_image_batches(self, variables: Any, batches: Iterable[dict[str, jax.Array]]) -> np.ndarray:
         """float32 [N, d] unit image embeddings of the valid rows of `batches` (see `eval_batches`), in order."""
         out = []
         for batch in batches:
-            embeddings, valid = self.image(params, batch["image"], batch["valid"])
+            embeddings, valid = self.image(variables, batch["image"], batch["valid"])
             out.append(np.asarray(embeddings, np.float32)[np.asarray(valid)])
         return np.concatenate(out)
 
-    def embed_texts(self, params: Any, texts: Sequence[str], *, batch_size: int, context_length: int) -> np.ndarray:
+    def embed_texts(self, variables: Any, texts: Sequence[str], *, batch_size: int, context_length: int) -> np.ndarray:
         """float32 [len(texts), d] unit text embeddings, encoded `batch_size` texts at a time.
 
         Every host passes the same texts; each places its share of every batch.
@@ -59,6 +59,6 @@ class Encoders:
             chunk = list(texts[start : start + step])
             tokens = tokenize(chunk + [""] * (step - len(chunk)), context_length)
             local = tokens[jax.process_index() * share : (jax.process_index() + 1) * share]
-            embeddings = self.text(params, put_batch({"text": local}, sharding)["text"])
+            embeddings = self.text(variables, put_batch({"text": local}, sharding)["text"])
             out.append(np.asarray(embeddings, np.float32)[: len(chunk)])
         return np.concatenate(out)

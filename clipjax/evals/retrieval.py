@@ -141,13 +141,13 @@ class RetrievalEvaluator:
     def _load(self, record: dict[str, Any]) -> dict[str, np.ndarray]:
         return {"image": decode_for_eval(record["image"], self._image_size, record["name"])}
 
-    def __call__(self, params: Any) -> dict[str, float]:
+    def __call__(self, variables: Any) -> dict[str, float]:
         batches = eval_batches(
             self._split, self._load, self._encoders.mesh, batch_size=self._batch_size, num_threads=self._num_threads
         )
-        image_emb = self._encoders.embed_image_batches(params, batches)
+        image_emb = self._encoders.embed_image_batches(variables, batches)
         text_emb = self._encoders.embed_texts(
-            params, self._split.captions, batch_size=self._batch_size, context_length=self._context_length
+            variables, self._split.captions, batch_size=self._batch_size, context_length=self._context_length
         )
         recalls = recall_at_k(image_emb, text_emb, self._split.caption_image)
         return {f"eval/{self._prefix}_{name}": value for name, value in recalls.items()}

@@ -1,4 +1,5 @@
-"""The evaluations `config.eval` asks for, built once per run and called with the current params."""
+"""The evaluations `config.eval` asks for, built once per run and called with the model's current variables
+({"params": ..., other collections})."""
 
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ def imagenet_prompts() -> tuple[tuple[str, ...], tuple[str, ...]]:
 
 
 def make_evaluator(model: CLIP, mesh: Mesh, config: ConfigDict) -> Evaluate:
-    """params -> every configured evaluation's metrics, merged (zero-shot, then retrieval).
+    """variables -> every configured evaluation's metrics, merged (zero-shot, then retrieval).
 
     Raises:
       ConfigError: evaluation data that cannot be found or read, before training starts.
@@ -74,10 +75,10 @@ def make_evaluator(model: CLIP, mesh: Mesh, config: ConfigDict) -> Evaluate:
             )
         )
 
-    def evaluate(params: Any) -> dict[str, float]:
+    def evaluate(variables: Any) -> dict[str, float]:
         metrics: dict[str, float] = {}
         for evaluator in evaluators:
-            metrics.update(evaluator(params))
+            metrics.update(evaluator(variables))
         return metrics
 
     return evaluate

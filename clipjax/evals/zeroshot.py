@@ -15,7 +15,7 @@ from clipjax.evals.encode import Encoders
 
 def class_embeddings(
     encoders: Encoders,
-    params: Any,
+    variables: Any,
     classnames: Sequence[str],
     templates: Sequence[str],
     *,
@@ -28,7 +28,7 @@ def class_embeddings(
     the C * T prompts are encoded `batch_size` at a time over the mesh.
     """
     prompts = [template.format(name) for name in classnames for template in templates]
-    embeddings = encoders.embed_texts(params, prompts, batch_size=batch_size, context_length=context_length)
+    embeddings = encoders.embed_texts(variables, prompts, batch_size=batch_size, context_length=context_length)
     means = embeddings.reshape(len(classnames), len(templates), -1).mean(axis=1)
     return means / np.linalg.norm(means, axis=-1, keepdims=True)
 
@@ -37,7 +37,7 @@ class ZeroShotEvaluator:
     """Top-1 and top-5 zero-shot accuracy over a labelled split, exact over every example.
 
     Args:
-      encoders: the jitted encoders of the CLIP model whose params `__call__` receives.
+      encoders: the jitted encoders of the CLIP model whose variables `__call__` receives.
       source: labelled records; `load(source[i])` gives {"image": uint8 [S, S, 3], "label": int32 []}.
       classnames: label i's name; templates: prompts with one "{}" each.
       batch_size: global images (and prompts) per step.
@@ -65,8 +65,8 @@ class ZeroShotEvaluator:
         self._num_examples, self._num_threads, self._prefix = num_examples, num_threads, prefix
         k = min(5, len(self._classnames))
 
-        def count_correct(params: Any, classifier: jax.Array, batch: dict[str, jax.Array]) -> jax.Array:
-            embeddings = encoders.image(params, batch["image"], batch["valid"])[0]
+        def count_correct(variables: Any, classifier: jax.Array, batch: dict[str, jax.Array]) -> jax.Array:
+            embeddings = encoders.image(variables, batch["image"], batch["valid"])[0]
             _, top = jax.lax.top_k(embeddings @ classifier.T, k)  # [B, k] class indices, best first
             hits = top == batch["label"][:, None]
             valid = batch["valid"]
@@ -74,11 +74,11 @@ class ZeroShotEvaluator:
 
         self._count_correct = jax.jit(count_correct)
 
-    def __call__(self, params: Any) -> dict[str, float]:
+    def __call__(self, variables: Any) -> dict[str, float]:
         """{"eval/<prefix>_top1": share of images whose best class is the label, "..._top5": in the best 5}."""
         classifier = class_embeddings(
             self._encoders,
-            params,
+            variables,
             self._classnames,
             self._templates,
             batch_size=self._batch_size,
@@ -95,6 +95,6 @@ class ZeroShotEvaluator:
         )
         classifier = jnp.asarray(classifier)  # once, not per batch
         for batch in batches:
-            correct += np.asarray(self._count_correct(params, classifier, batch))
+            correct += np.asarray(self._count_correct(variables, classifier, batch))
         total = len(self._source) if self._num_examples is None else min(self._num_examples, len(self._source))
         return {f"eval/{self._prefix}_top1": correct[0] / total, f"eval/{self._prefix}_top5": correct[1] / total}

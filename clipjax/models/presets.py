@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import re
 
+import flax.linen as nn
 import jax.numpy as jnp
 from ml_collections import ConfigDict
 
 from clipjax.models.clip import CLIP
+from clipjax.models.mci import MCI_PRESETS, build_mci
 from clipjax.models.text import TextTransformer
 from clipjax.models.vit import VisionTransformer
 
@@ -26,8 +28,13 @@ _VIT_NAME = re.compile(r"vit_(ti|s|b|l)(\d+)")
 
 
 def image_tower_names() -> list[str]:
-    """Every accepted `config.model.name`."""
-    return [f"vit_{size}{patch}" for size in VIT_SIZES for patch in VIT_PATCHES]
+    """Every accepted `config.model.name`: ViTs, and MobileCLIP's MCi encoders."""
+    return [f"vit_{size}{patch}" for size in VIT_SIZES for patch in VIT_PATCHES] + list(MCI_PRESETS)
+
+
+def is_mci(name: str) -> bool:
+    """Whether `config.model.name` is one of MobileCLIP's MCi encoders (convolutional, no ViT dims)."""
+    return name in MCI_PRESETS
 
 
 def image_tower_dims(model: ConfigDict) -> dict[str, int]:
@@ -48,8 +55,10 @@ def text_tower_dims(model: ConfigDict) -> dict[str, int]:
     return {key: value if model.text[key] is None else model.text[key] for key, value in dims.items()}
 
 
-def build_image_tower(model: ConfigDict) -> VisionTransformer:
+def build_image_tower(model: ConfigDict) -> nn.Module:
     """The image tower described by `config.model` (projecting to `model.embed_dim`)."""
+    if is_mci(model.name):
+        return build_mci(model.name, num_classes=model.embed_dim, dtype=DTYPES[model.dtype])
     dims = image_tower_dims(model)
     return VisionTransformer(
         width=dims["width"],

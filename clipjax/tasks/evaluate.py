@@ -17,7 +17,7 @@ from clipjax.config import merge_onto_defaults
 from clipjax.evals.setup import make_evaluator
 from clipjax.models import build_clip
 from clipjax.parallel import state_shardings
-from clipjax.train.init import abstract_params, load_params, read_metadata
+from clipjax.train.init import abstract_variables, load_variables, read_metadata
 from clipjax.train.loop import Metrics, prepare_workdir, save_config
 from clipjax.train.metrics import MetricWriter
 
@@ -35,10 +35,10 @@ def run(config: ConfigDict, workdir: str, mesh: Mesh) -> Metrics:
         save_config(config, workdir)
         print(f"evaluating {saved['source']} ({config.model.name}, {config.model.image_size} px)", flush=True)
     model = build_clip(config.model)
-    target = abstract_params(model, config, lambda tree: state_shardings(tree, mesh, config.fsdp_min_size))
-    params = load_params(config.init, target)
+    target = abstract_variables(model, config, lambda tree: state_shardings(tree, mesh, config.fsdp_min_size))
+    variables = load_variables(config.init, target)
     loaded = time.perf_counter()
-    metrics = make_evaluator(model, mesh, config)(params)
+    metrics = make_evaluator(model, mesh, config)(variables)
     writer = MetricWriter(workdir)
     try:
         writer.write(0, metrics)

@@ -29,7 +29,7 @@ def make_init_state(model: CLIP, tx: optax.GradientTransformation, config: Confi
         size = config.model.image_size
         images = jnp.zeros((1, size, size, 3), jnp.float32)
         tokens = jnp.zeros((1, config.model.text.context_length), jnp.int32)
-        return TrainState.create(model.init(params_rng, images, tokens)["params"], tx, state_rng)
+        return TrainState.create(model.init(params_rng, images, tokens), tx, state_rng)
 
     return init_state
 
@@ -49,17 +49,18 @@ def make_train_step(model: CLIP, tx: optax.GradientTransformation, config: Confi
             return siglip_loss(image_emb, text_emb, scale, params["logit_bias"], **options)
         return clip_loss(image_emb, text_emb, scale, **options)
 
-    def loss_fn(params: Any, batch: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
+    def loss_fn(params: Any, model_state: Any, batch: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
+        variables = {"params": params, **model_state}
         images = normalize_images(batch["image"], config.data.normalize)
-        image_emb, text_emb, scale = model.apply({"params": params}, images, batch["text"])
+        image_emb, text_emb, scale = model.apply(variables, images, batch["text"])
         loss = contrastive(params, image_emb, text_emb, scale)
         if "text_synthetic" in batch:
-            synthetic_emb = model.apply({"params": params}, batch["text_synthetic"], method=CLIP.encode_text)
+            synthetic_emb = model.apply(variables, batch["text_synthetic"], method=CLIP.encode_text)
             loss = loss + contrastive(params, image_emb, synthetic_emb, scale)
         return loss, scale
 
     def train_step(state: TrainState, batch: dict[str, jax.Array]) -> tuple[TrainState, Metrics]:
-        (loss, scale), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch)
+        (loss, scale), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, state.model_state, batch)
         constrain = functools.partial(clamp_logit_scale, max_scale=config.model.logit_scale_max)
         new_state, guard_metrics = state.apply_gradients(grads, loss, tx, constrain)
         metrics = {

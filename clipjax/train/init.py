@@ -1,9 +1,10 @@
 """Starting a model from saved weights (`config.init`): a converted checkpoint or a clipjax training workdir.
 
 A converted checkpoint (written by `python -m clipjax.convert`) is a directory holding `params/` (an orbax
-checkpoint of the parameter tree) and `clipjax_init.json` ({"model": config.model, "normalize": ...,
-"source": ...}). A training workdir holds `config.json` and `checkpoints/<step>/state`; its newest
-checkpoint's parameters are read without the optimizer state.
+checkpoint of the model's variables: {"params": ..., and e.g. "batch_stats": ...}) and `clipjax_init.json`
+({"model": config.model, "normalize": ..., "source": ...}). A training workdir holds `config.json` and
+`checkpoints/<step>/state`; its newest checkpoint's parameters (and other model variables) are read without
+the optimizer state.
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ from clipjax.errors import ConfigError, UserError
 METADATA_FILE = "clipjax_init.json"
 
 
-def save_converted(directory: str, params: Any, model: ConfigDict, normalize: str, source: str) -> None:
-    """Writes `params` (a tree of arrays) and what they are to `directory` (which must not hold params yet).
+def save_converted(directory: str, variables: Any, model: ConfigDict, normalize: str, source: str) -> None:
+    """Writes `variables` ({"params": tree of arrays, ...}) and what they are to `directory` (which must not
+    hold converted variables yet).
 
     Raises:
       UserError: `directory` already holds converted parameters (never overwritten) or is unwritable.
@@ -33,7 +35,7 @@ def save_converted(directory: str, params: Any, model: ConfigDict, normalize: st
     try:
         os.makedirs(directory, exist_ok=True)
         with ocp.StandardCheckpointer() as checkpointer:
-            checkpointer.save(target, params)
+            checkpointer.save(target, variables)
         metadata = {"model": model.to_dict(), "normalize": normalize, "source": source}
         with open(os.path.join(directory, METADATA_FILE), "w", encoding="utf-8") as f:
             json.dump(metadata, f, indent=2, sort_keys=True)
@@ -67,43 +69,27 @@ def read_metadata(directory: str) -> dict[str, Any]:
     )
 
 
-def check_model(saved: dict[str, Any], model: ConfigDict, directory: str) -> None:
-    """Raises ConfigError naming the first config.model key whose value differs from the saved model's
-    (compute options such as dtype and remat may differ)."""
-    current = model.to_dict()
-    for key in sorted(set(saved) | set(current)):
-        if key in ("dtype", "remat"):
-            continue
-        if saved.get(key) != current.get(key):
-            raise ConfigError(
-                f"config.model.{key}={current.get(key)!r} but the weights in {directory} are for "
-                f"{saved.get(key)!r}; set --config.model.{key}={saved.get(key)!r}"
-            )
-
-
-def load_params(directory: str, target: Any) -> Any:
-    """The parameters saved in `directory`, laid out as `target` says.
-
-    Args:
-      target: the parameter tree as jax.ShapeDtypeStruct with `sharding` set.
-    """
-    restore_args = ocp.checkpoint_utils.construct_restore_args(target)
+def load_variables(directory: str, target: Any) -> dict[str, Any]:
+    """The model variables saved in `directory` ({"params": ..., other collections}), laid out as `target`
+    (the same tree as jax.ShapeDtypeStruct with `sharding` set) says."""
     if os.path.isfile(os.path.join(directory, METADATA_FILE)):
         with ocp.PyTreeCheckpointer() as checkpointer:
             return checkpointer.restore(
                 os.path.join(os.path.abspath(directory), "params"),
-                args=ocp.args.PyTreeRestore(target, restore_args=restore_args),
+                args=ocp.args.PyTreeRestore(target, restore_args=ocp.checkpoint_utils.construct_restore_args(target)),
             )
+    # A training checkpoint's state holds the same variables as params + model_state, beside optimizer state.
+    wanted = {"params": target["params"], "model_state": {k: v for k, v in target.items() if k != "params"}}
     step = _latest_step(directory)
     state_dir = os.path.join(os.path.abspath(directory), "checkpoints", str(step), "state")
     with ocp.PyTreeCheckpointer() as checkpointer:
         restored = checkpointer.restore(
             state_dir,
             args=ocp.args.PyTreeRestore(
-                {"params": target}, restore_args={"params": restore_args}, partial_restore=True
+                wanted, restore_args=ocp.checkpoint_utils.construct_restore_args(wanted), partial_restore=True
             ),
         )
-    return restored["params"]
+    return {"params": restored["params"], **restored.get("model_state", {})}
 
 
 def _latest_step(workdir: str) -> int | None:
@@ -114,15 +100,15 @@ def _latest_step(workdir: str) -> int | None:
     return max(steps) if steps else None
 
 
-def abstract_params(model: Any, config: ConfigDict, sharding_of: Any) -> Any:
-    """The parameter tree of `model` as ShapeDtypeStructs with shardings from `sharding_of(tree)`."""
+def abstract_variables(model: Any, config: ConfigDict, sharding_of: Any) -> dict[str, Any]:
+    """The variables of `model` ({"params": ..., ...}) as ShapeDtypeStructs with shardings from `sharding_of(tree)`."""
     size = config.model.image_size
     shapes = jax.eval_shape(
         lambda: model.init(
             jax.random.PRNGKey(0),
             jax.numpy.zeros((1, size, size, 3)),
             jax.numpy.zeros((1, config.model.text.context_length), jax.numpy.int32),
-        )["params"]
+        )
     )
     shardings = sharding_of(shapes)
     return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)

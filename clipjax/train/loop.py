@@ -55,8 +55,8 @@ class Task:
       loop with the state donated. It should update through `TrainState.apply_gradients`.
     dataset: start_sample -> this host's batches from global sample `start_sample` on; the iterator's
       position is checkpointed.
-    evaluate: params -> metrics (e.g. {"eval/zeroshot_top1": 0.6}); run every eval_every steps and at
-      the end.
+    evaluate: model variables ({"params": ..., ...}) -> metrics (e.g. {"eval/zeroshot_top1": 0.6}); run every
+      eval_every steps and at the end.
     examples_per_step: global examples per step, for the throughput metric named `throughput_key`.
     """
 
@@ -224,7 +224,7 @@ def train(config: ConfigDict, workdir: str, mesh: Mesh, task: Task) -> Metrics:
                     window_start, paused = time.perf_counter(), 0.0
                 pause_start = time.perf_counter()
                 if config.eval_every and done % config.eval_every == 0 and done != config.total_steps:
-                    writer.write(done, task.evaluate(state.params))
+                    writer.write(done, task.evaluate(state.variables))
                 # Every host must stop at the same step (the save is collective); agreeing costs a host
                 # sync, so a multi-host job checks every stop_check_every steps.
                 stop = guard.requested
@@ -249,7 +249,7 @@ def train(config: ConfigDict, workdir: str, mesh: Mesh, task: Task) -> Metrics:
                     )
                 paused += time.perf_counter() - pause_start
             progress.close()
-            summary = task.evaluate(state.params)
+            summary = task.evaluate(state.variables)
             if start < config.total_steps:  # a finished run re-run only reports; its log already has this row
                 writer.write(int(state.step), summary)
             checkpointer.wait()

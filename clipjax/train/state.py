@@ -12,9 +12,10 @@ import optax
 
 @flax.struct.dataclass
 class TrainState:
-    """step: int32 []; params and opt_state: pytrees of float32 arrays; rng: uint32 [2] base key;
-    skipped_steps: int32 [] updates skipped for non-finite loss or gradients so far; bad_streak: int32 []
-    how many of the latest steps in a row were skipped.
+    """step: int32 []; params and opt_state: pytrees of float32 arrays; model_state: the model's other,
+    non-trainable variable collections (e.g. {"batch_stats": ...} of MCi's frozen BatchNorms; {} for ViTs);
+    rng: uint32 [2] base key; skipped_steps: int32 [] updates skipped for non-finite loss or gradients so
+    far; bad_streak: int32 [] how many of the latest steps in a row were skipped.
 
     Randomness in step s uses `jax.random.fold_in(rng, s)`, so a resumed run draws what an uninterrupted
     one would.
@@ -23,14 +24,31 @@ class TrainState:
     step: jax.Array
     params: Any
     opt_state: Any
+    model_state: Any
     rng: jax.Array
     skipped_steps: jax.Array
     bad_streak: jax.Array
 
     @classmethod
-    def create(cls, params: Any, tx: optax.GradientTransformation, rng: jax.Array) -> TrainState:
+    def create(cls, variables: dict[str, Any], tx: optax.GradientTransformation, rng: jax.Array) -> TrainState:
+        """The state at step 0 from a model's variables ({"params": ..., other collections ...})."""
         zero = jnp.int32(0)
-        return cls(step=zero, params=params, opt_state=tx.init(params), rng=rng, skipped_steps=zero, bad_streak=zero)
+        params = variables["params"]
+        model_state = {name: value for name, value in variables.items() if name != "params"}
+        return cls(
+            step=zero,
+            params=params,
+            opt_state=tx.init(params),
+            model_state=model_state,
+            rng=rng,
+            skipped_steps=zero,
+            bad_streak=zero,
+        )
+
+    @property
+    def variables(self) -> dict[str, Any]:
+        """What `model.apply` takes: {"params": params, **model_state}."""
+        return {"params": self.params, **self.model_state}
 
     def apply_gradients(
         self,
