@@ -179,3 +179,23 @@ def test_mobileclip_variables_round_trip_through_an_init_directory(tmp_path):
     assert set(loaded) == {"params", "batch_stats"}
     for want, got in zip(jax.tree.leaves(variables), jax.tree.leaves(loaded)):
         np.testing.assert_array_equal(np.asarray(got), want)
+
+
+def test_a_timm_image_tower_converts_alone_and_is_refused_for_zero_shot(tmp_path, repo_root, capsys):
+    import timm
+    from safetensors.numpy import save_file
+
+    torch.manual_seed(0)
+    tower = timm.create_model("fastvit_mci0", pretrained=False, num_classes=512).eval()
+    save_file({k: v.detach().numpy() for k, v in tower.state_dict().items()}, str(tmp_path / "mci0.safetensors"))
+    weights = str(tmp_path / "weights")
+    args = ["--source=timm", "--model=fastvit_mci0", f"--checkpoint={tmp_path / 'mci0.safetensors'}"]
+    assert convert_main([*args, f"--workdir={weights}"]) == 0
+    assert "converted timm fastvit_mci0 (11.4M parameters)" in capsys.readouterr().out
+    with open(os.path.join(weights, "clipjax_init.json")) as f:
+        metadata = json.load(f)
+    assert metadata["towers"] == ["image"] and metadata["model"]["name"] == "mci0"
+    assert metadata["normalize"] == "none"
+    evaluate = [f"--config={repo_root}/configs/evaluate.py", f"--config.init={weights}", f"--workdir={tmp_path}/e"]
+    status = main([*evaluate, "--config.eval.zeroshot.kind=synthetic"])
+    assert status == 2 and "holds an image tower only" in capsys.readouterr().err

@@ -1,6 +1,10 @@
 """Converts a PyTorch CLIP checkpoint into clipjax weights usable with `--config.init=DIR`.
 
   python -m clipjax.convert --source=open_clip --model=ViT-B-16 --checkpoint=FILE --workdir=DIR
+  python -m clipjax.convert --source=timm --model=fastvit_mci2 --checkpoint=FILE --workdir=DIR
+
+`--source=open_clip` converts a whole CLIP (both towers); `--source=timm` a timm `fastvit_mci0/1/2` image
+tower alone (its classifier becomes the projection), for finetuning.
 
 FILE: a `.safetensors` file (read without PyTorch) or a `.pt` / `.bin` state dict (needs PyTorch). Models:
 see `--help`. Keys the model does not use, keys it needs that are absent and shape mismatches are all
@@ -13,7 +17,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-USAGE = "usage: python -m clipjax.convert --source=open_clip --model=NAME --checkpoint=FILE --workdir=DIR"
+USAGE = "usage: python -m clipjax.convert --source=open_clip|timm --model=NAME --checkpoint=FILE --workdir=DIR"
 
 
 def parse(argv: Sequence[str]) -> dict[str, str]:
@@ -41,6 +45,7 @@ def parse(argv: Sequence[str]) -> dict[str, str]:
 
 def convert(source: str, model_name: str, checkpoint: str, workdir: str) -> str:
     """Reads, converts and writes; returns a one-line description of what was written."""
+    from clipjax.convert.fastvit import fastvit_to_mci
     from clipjax.convert.openclip import (
         OPEN_CLIP_MODELS,
         convert_open_clip,
@@ -48,19 +53,38 @@ def convert(source: str, model_name: str, checkpoint: str, workdir: str) -> str:
         open_clip_normalize,
     )
     from clipjax.convert.state_dict import read_state_dict
+    from clipjax.defaults import base_config
     from clipjax.errors import ConfigError
+    from clipjax.models.mci import MCI_PRESETS
     from clipjax.train.init import save_converted
 
-    if source != "open_clip":
-        raise ConfigError(f"--source={source!r} is not supported; use --source=open_clip")
-    if model_name not in OPEN_CLIP_MODELS:
-        raise ConfigError(f"--model={model_name!r} is not supported; choose one of {', '.join(OPEN_CLIP_MODELS)}")
-    model = open_clip_model_config(model_name)
-    variables = convert_open_clip(read_state_dict(checkpoint), model)
-    source_name = f"open_clip {model_name} from {checkpoint}"
-    save_converted(workdir, variables, model, normalize=open_clip_normalize(model_name), source=source_name)
+    state_dict = read_state_dict(checkpoint)
+    if source == "open_clip":
+        if model_name not in OPEN_CLIP_MODELS:
+            choices = ", ".join(OPEN_CLIP_MODELS)
+            raise ConfigError(f"--model={model_name!r} is not supported; choose one of {choices}")
+        model = open_clip_model_config(model_name)
+        variables = convert_open_clip(state_dict, model)
+        normalize, towers = open_clip_normalize(model_name), ("image", "text")
+    elif source == "timm":
+        name = model_name.removeprefix("fastvit_")
+        if name not in MCI_PRESETS:
+            choices = ", ".join(f"fastvit_{n}" for n in MCI_PRESETS)
+            raise ConfigError(f"--model={model_name!r} is not supported with --source=timm; choose one of {choices}")
+        model = base_config().model
+        # The classifier is the projection: its width is the embedding width (512 in MobileCLIP).
+        embed_dim = int(state_dict["head.fc.weight"].shape[0]) if "head.fc.weight" in state_dict else 512
+        model.update(name=name, image_size=256, embed_dim=embed_dim)
+        image = fastvit_to_mci(state_dict, name, num_classes=embed_dim)
+        variables = {"params": {"image": image["params"]}, "batch_stats": {"image": image["batch_stats"]}}
+        normalize, towers = "none", ("image",)
+    else:
+        raise ConfigError(f"--source={source!r} is not supported; use --source=open_clip or --source=timm")
+    save_converted(
+        workdir, variables, model, normalize=normalize, source=f"{source} {model_name} from {checkpoint}", towers=towers
+    )
     count = sum(value.size for value in _leaves(variables["params"]))
-    return f"converted open_clip {model_name} ({count / 1e6:.1f}M parameters) from {checkpoint} into {workdir}"
+    return f"converted {source} {model_name} ({count / 1e6:.1f}M parameters) from {checkpoint} into {workdir}"
 
 
 def _leaves(tree):
@@ -78,6 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from clipjax.convert.openclip import OPEN_CLIP_MODELS
 
         print(__doc__.strip() + "\n\nopen_clip models: " + ", ".join(OPEN_CLIP_MODELS))
+        print("timm models: fastvit_mci0, fastvit_mci1, fastvit_mci2")
         return 0
     from clipjax.errors import UserError
 

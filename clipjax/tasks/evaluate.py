@@ -14,6 +14,7 @@ from jax.sharding import Mesh
 from ml_collections import ConfigDict
 
 from clipjax.config import merge_onto_defaults
+from clipjax.errors import ConfigError
 from clipjax.evals.setup import make_evaluator
 from clipjax.models import build_clip
 from clipjax.parallel import state_shardings
@@ -26,6 +27,11 @@ def run(config: ConfigDict, workdir: str, mesh: Mesh) -> Metrics:
     """Evaluates the weights in `config.init` as `config.eval` says; returns the metrics and timings."""
     start = time.perf_counter()
     saved = read_metadata(config.init)
+    if "text" not in saved.get("towers", ["image", "text"]):
+        raise ConfigError(
+            f"config.init={config.init!r} holds an image tower only ({saved['source']}); zero-shot evaluation needs "
+            "a text tower too: convert a whole CLIP (--source=open_clip), or use these weights for finetuning"
+        )
     dtype = config.model.dtype
     config.model = merge_onto_defaults(ConfigDict({"model": saved["model"]})).model
     config.model.dtype = dtype

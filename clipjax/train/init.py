@@ -2,9 +2,9 @@
 
 A converted checkpoint (written by `python -m clipjax.convert`) is a directory holding `params/` (an orbax
 checkpoint of the model's variables: {"params": ..., and e.g. "batch_stats": ...}) and `clipjax_init.json`
-({"model": config.model, "normalize": ..., "source": ...}). A training workdir holds `config.json` and
-`checkpoints/<step>/state`; its newest checkpoint's parameters (and other model variables) are read without
-the optimizer state.
+({"model": config.model, "normalize": ..., "source": ..., "towers": ["image", "text"] or ["image"]}). A
+training workdir holds `config.json` and `checkpoints/<step>/state`; its newest checkpoint's parameters (and
+other model variables) are read without the optimizer state.
 """
 
 from __future__ import annotations
@@ -22,7 +22,14 @@ from clipjax.errors import ConfigError, UserError
 METADATA_FILE = "clipjax_init.json"
 
 
-def save_converted(directory: str, variables: Any, model: ConfigDict, normalize: str, source: str) -> None:
+def save_converted(
+    directory: str,
+    variables: Any,
+    model: ConfigDict,
+    normalize: str,
+    source: str,
+    towers: tuple[str, ...] = ("image", "text"),
+) -> None:
     """Writes `variables` ({"params": tree of arrays, ...}) and what they are to `directory` (which must not
     hold converted variables yet).
 
@@ -36,7 +43,7 @@ def save_converted(directory: str, variables: Any, model: ConfigDict, normalize:
         os.makedirs(directory, exist_ok=True)
         with ocp.StandardCheckpointer() as checkpointer:
             checkpointer.save(target, variables)
-        metadata = {"model": model.to_dict(), "normalize": normalize, "source": source}
+        metadata = {"model": model.to_dict(), "normalize": normalize, "source": source, "towers": list(towers)}
         with open(os.path.join(directory, METADATA_FILE), "w", encoding="utf-8") as f:
             json.dump(metadata, f, indent=2, sort_keys=True)
     except OSError as e:
@@ -44,7 +51,8 @@ def save_converted(directory: str, variables: Any, model: ConfigDict, normalize:
 
 
 def read_metadata(directory: str) -> dict[str, Any]:
-    """{"model": config.model as a dict, "normalize": "clip" | "none", "source": str} of an init directory.
+    """{"model": config.model as a dict, "normalize": "clip" | "none", "source": str, "towers": [...]} of an
+    init directory.
 
     Raises:
       ConfigError: `directory` is neither a converted checkpoint nor a training workdir with a checkpoint.
