@@ -74,6 +74,9 @@ def base_config() -> ConfigDict:
     c.model.temperature_init = 0.07  # the logit scale starts at 1 / temperature_init
     c.model.logit_scale_max = 100.0  # the logit scale is clamped to [1, logit_scale_max] after each update
     c.model.logit_bias_init = None  # a learnable logit bias starting here (SigLIP: -10); None: no bias
+    # BatchNorm of MCi image towers in training: "train" (batch statistics of the global batch, running
+    # averages updated, as MobileCLIP trains) or "frozen" (the stored statistics, e.g. finetuning converted weights).
+    c.model.batch_norm = "train"
 
     # Contrastive loss over the global batch. kind: "clip" (softmax both ways) or "siglip" (pairwise
     # sigmoid; needs model.logit_bias_init). impl: "fused" (tiled, O(B) memory, sharded over the mesh)

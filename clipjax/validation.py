@@ -66,6 +66,7 @@ def _validate_model(model: ConfigDict) -> None:
     choice("config.model.remat", model.remat, ("none", *REMAT_POLICIES))
     choice("config.model.image.pool", model.image.pool, ("cls", "mean"))
     choice("config.model.image.stem", model.image.stem, ("patch", "conv"))
+    choice("config.model.batch_norm", model.batch_norm, ("train", "frozen"))
     # MCi encoders are convolutional: no ViT dims, and every stride-2 stage needs an even size.
     towers = [("text", text_tower_dims(model))] + ([] if is_mci(model.name) else [("image", image_tower_dims(model))])
     for tower, dims in towers:

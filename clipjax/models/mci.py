@@ -16,11 +16,12 @@ branches, layer scales) so that converted MobileCLIP checkpoints can be finetune
 `reparameterize` folds every BatchNorm and branch into single convolutions for the `reparameterized=True`
 module, whose variables are {"params": ...} only.
 
-BatchNorm: always evaluated with running statistics (eval mode), in training too. The statistics are the
-non-trainable "batch_stats" collection ({"mean", "var"} per BatchNorm, epsilon 1e-5), read but never updated,
-so `module.apply({"params": p, "batch_stats": s}, images)` needs no `mutable`; finetuning trains the
-BatchNorm scale and bias only. This keeps a converted encoder exactly the function MobileCLIP shipped and
-avoids cross-device batch statistics in data-parallel training.
+BatchNorm: the statistics are the non-trainable "batch_stats" collection ({"mean", "var"} per BatchNorm,
+epsilon 1e-5). `module.apply({"params": p, "batch_stats": s}, images)` normalises with those running
+statistics (eval mode): a converted encoder is exactly the function MobileCLIP shipped. Applying with
+`mutable=["batch_stats"]` normalises with the statistics of the batch and returns updated running averages
+(momentum 0.1, PyTorch's), as MobileCLIP trains; under a sharded `jax.jit` the batch statistics are those of
+the global batch, so every device normalises alike (SyncBatchNorm without extra code).
 
 Images are NHWC floats in [0, 1] (MobileCLIP normalises with mean 0 and std 1); H and W must be multiples
 of 32. Matmuls and convolutions run in `dtype` with float32 parameters; softmax and pooling are float32.
@@ -66,9 +67,12 @@ def _conv(features: int, kernel: int, stride: int, groups: int, use_bias: bool, 
     )
 
 
-def _batch_norm(dtype: Dtype, name: str) -> nn.BatchNorm:
-    """Eval-mode BatchNorm: running statistics from the "batch_stats" collection (see module docstring)."""
-    return nn.BatchNorm(use_running_average=True, epsilon=BN_EPS, dtype=dtype, name=name)
+def _batch_norm(parent: nn.Module, dtype: Dtype, name: str) -> nn.BatchNorm:
+    """BatchNorm in eval mode (running statistics) unless the "batch_stats" collection is mutable in this
+    apply, which is how a training step asks for batch statistics (see the module docstring)."""
+    training = parent.is_mutable_collection("batch_stats") and not parent.is_initializing()
+    # PyTorch's momentum 0.1 is Flax's 0.9 (the weight of the old running average).
+    return nn.BatchNorm(use_running_average=not training, momentum=0.9, epsilon=BN_EPS, dtype=dtype, name=name)
 
 
 def _se_channels(channels: int, ratio: float, divisor: int) -> int:
@@ -90,7 +94,7 @@ class ConvNorm(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         x = _conv(self.features, self.kernel, self.stride, self.groups, self.fused, self.dtype, "conv")(x)
-        return x if self.fused else _batch_norm(self.dtype, "bn")(x)
+        return x if self.fused else _batch_norm(self, self.dtype, "bn")(x)
 
 
 class SqueezeExcite(nn.Module):
@@ -134,7 +138,7 @@ class MobileOneBlock(nn.Module):
         else:
             branches = []
             if self.features == channels and self.stride == 1:
-                branches.append(_batch_norm(self.dtype, "identity")(x))
+                branches.append(_batch_norm(self, self.dtype, "identity")(x))
             branches += [conv(self.kernel, name=f"conv_kxk_{i}")(x) for i in range(self.num_conv_branches)]
             if self.kernel > 1 and self.use_scale_branch:
                 branches.append(conv(1, name="conv_scale")(x))
@@ -276,7 +280,7 @@ class AttentionBlock(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         rep, hidden = self.reparameterized, int(x.shape[-1] * self.mlp_ratio)
-        y = x if rep else _batch_norm(self.dtype, "norm")(x)
+        y = x if rep else _batch_norm(self, self.dtype, "norm")(x)
         y = Attention(self.head_dim, qkv_bias=rep, dtype=self.dtype, name="token_mixer")(y)
         x = x + LayerScale(name="layer_scale_1")(y)
         return x + LayerScale(name="layer_scale_2")(ConvMlp(hidden, rep, self.dtype, name="mlp")(x))

@@ -49,20 +49,29 @@ def make_train_step(model: CLIP, tx: optax.GradientTransformation, config: Confi
             return siglip_loss(image_emb, text_emb, scale, params["logit_bias"], **options)
         return clip_loss(image_emb, text_emb, scale, **options)
 
-    def loss_fn(params: Any, model_state: Any, batch: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
+    def loss_fn(params: Any, model_state: Any, batch: dict[str, jax.Array]) -> tuple[jax.Array, tuple]:
         variables = {"params": params, **model_state}
         images = normalize_images(batch["image"], config.data.normalize)
-        image_emb, text_emb, scale = model.apply(variables, images, batch["text"])
+        if "batch_stats" in model_state and config.model.batch_norm == "train":
+            # Batch statistics of the global batch; the step keeps the updated running averages.
+            (image_emb, text_emb, scale), updates = model.apply(
+                variables, images, batch["text"], mutable=["batch_stats"]
+            )
+            model_state = {**model_state, **updates}
+        else:
+            image_emb, text_emb, scale = model.apply(variables, images, batch["text"])
         loss = contrastive(params, image_emb, text_emb, scale)
         if "text_synthetic" in batch:
             synthetic_emb = model.apply(variables, batch["text_synthetic"], method=CLIP.encode_text)
             loss = loss + contrastive(params, image_emb, synthetic_emb, scale)
-        return loss, scale
+        return loss, (scale, model_state)
 
     def train_step(state: TrainState, batch: dict[str, jax.Array]) -> tuple[TrainState, Metrics]:
-        (loss, scale), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, state.model_state, batch)
+        (loss, (scale, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state.params, state.model_state, batch
+        )
         constrain = functools.partial(clamp_logit_scale, max_scale=config.model.logit_scale_max)
-        new_state, guard_metrics = state.apply_gradients(grads, loss, tx, constrain)
+        new_state, guard_metrics = state.apply_gradients(grads, loss, tx, constrain, model_state=model_state)
         metrics = {
             "train/loss": loss,
             "train/lr": schedule(state.step),

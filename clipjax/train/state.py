@@ -56,28 +56,40 @@ class TrainState:
         loss: jax.Array,
         tx: optax.GradientTransformation,
         constrain: Callable[[Any], Any] = lambda params: params,
+        model_state: Any = None,
     ) -> tuple[TrainState, dict[str, jax.Array]]:
         """One optimizer update, or none if the loss or any gradient is not finite.
 
         A skipped step still advances `step` (its batch is consumed) and is counted, so one bad batch
-        costs one update instead of the run. `constrain` projects the parameters after an update.
+        costs one update instead of the run. `constrain` projects the parameters after an update;
+        `model_state`, when given, replaces the non-trainable variables (e.g. BatchNorm running averages
+        from this step's batch), under the same condition as the update.
 
         Returns:
           (new state, {"train/skipped_steps", "train/bad_streak"} as int32 scalars).
         """
         finite = jnp.isfinite(loss) & jnp.all(jnp.array([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
 
-        def update(operands: tuple[Any, Any]) -> tuple[Any, Any]:
-            params, opt_state = operands
+        new_model_state = self.model_state if model_state is None else model_state
+
+        def update(operands: tuple[Any, Any, Any]) -> tuple[Any, Any, Any]:
+            params, opt_state, _ = operands
             updates, opt_state = tx.update(grads, opt_state, params)
-            return constrain(optax.apply_updates(params, updates)), opt_state
+            return constrain(optax.apply_updates(params, updates)), opt_state, new_model_state
 
         # A conditional rather than a select of old and new: selecting would read and write every
         # parameter and moment once more per step.
-        params, opt_state = jax.lax.cond(finite, update, lambda operands: operands, (self.params, self.opt_state))
+        params, opt_state, kept_model_state = jax.lax.cond(
+            finite, update, lambda operands: operands, (self.params, self.opt_state, self.model_state)
+        )
         skipped = self.skipped_steps + (~finite).astype(jnp.int32)
         streak = jnp.where(finite, 0, self.bad_streak + 1).astype(jnp.int32)
         new_state = self.replace(
-            step=self.step + 1, params=params, opt_state=opt_state, skipped_steps=skipped, bad_streak=streak
+            step=self.step + 1,
+            params=params,
+            opt_state=opt_state,
+            model_state=kept_model_state,
+            skipped_steps=skipped,
+            bad_streak=streak,
         )
         return new_state, {"train/skipped_steps": skipped, "train/bad_streak": streak}

@@ -1,0 +1,101 @@
+"""Pretraining with an MCi image tower: BatchNorm with the global batch's statistics, the same on 1 device and
+on a 4 x 2 mesh; frozen statistics when asked; and the paper-style MCi configs."""
+
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from clipjax.config import load_config
+from clipjax.models.clip import CLIP
+from clipjax.models.mci import MCi
+from clipjax.models.presets import build_clip
+from clipjax.parallel import batch_sharding, make_mesh, put_batch
+from clipjax.tasks.pretrain import make_init_state, make_train_step
+from clipjax.train.loop import shard_functions
+from clipjax.train.optim import make_optimizer
+from clipjax.validation import validate
+from tests.helpers import tiny_config
+
+
+def tiny_mci_clip(config):
+    """build_clip's text tower with a one-block-per-stage MCi image tower (32 px images)."""
+    clip = build_clip(config.model)
+    image = MCi(depths=(1, 1, 1, 1), widths=(8, 16, 16, 32), num_classes=config.model.embed_dim)
+    return CLIP(image=image, text=clip.text, temperature_init=config.model.temperature_init)
+
+
+def one_step(mesh_axes, devices, batch_norm):
+    config = tiny_config(mesh_axes)
+    config.model.update(image_size=32, batch_norm=batch_norm)
+    config.data.normalize = "none"
+    mesh = make_mesh(config.mesh, devices)
+    model = tiny_mci_clip(config)
+    tx = make_optimizer(config.optim, config.total_steps)
+    init, step, _ = shard_functions(
+        make_init_state(model, tx, config), make_train_step(model, tx, config, mesh), mesh, config
+    )
+    state = init(jax.random.PRNGKey(0))
+    before = jax.tree.map(np.asarray, state)
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(1, 1000, (16, 8)).astype(np.int32)
+    tokens[:, -1] = 49407
+    batch = {"image": rng.integers(0, 256, (16, 32, 32, 3), dtype=np.uint8), "text": tokens}
+    after, metrics = step(state, put_batch(batch, batch_sharding(mesh)))
+    return before, jax.tree.map(np.asarray, after), metrics
+
+
+@pytest.fixture(scope="module")
+def trained():
+    return {
+        "one": one_step({"data": 1, "fsdp": 1}, jax.devices()[:1], "train"),
+        "eight": one_step({"data": 4, "fsdp": 2}, jax.devices(), "train"),
+    }
+
+
+def test_batch_statistics_are_those_of_the_global_batch_on_any_mesh(trained):
+    before, after1, metrics1 = trained["one"]
+    _, after8, metrics8 = trained["eight"]
+    stats_before, stats_after = before.model_state["batch_stats"], after1.model_state["batch_stats"]
+    # Running averages moved (momentum 0.1 towards the batch's statistics) ...
+    moved = jax.tree.map(lambda a, b: float(np.max(np.abs(a - b))), stats_after, stats_before)
+    assert max(jax.tree.leaves(moved)) > 1e-3
+    # ... and per-device batch statistics would differ between 1 and 8 devices; the global ones do not.
+    np.testing.assert_allclose(metrics8["train/loss"], metrics1["train/loss"], rtol=2e-5)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+        after1.model_state["batch_stats"],
+        after8.model_state["batch_stats"],
+    )
+    # Adam's first step divides by |gradient|: near-zero gradients amplify float32 rounding a little.
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), after1.params, after8.params)
+
+
+def test_first_running_mean_is_a_momentum_step_towards_the_batch_mean(trained):
+    before, after, _ = trained["one"]
+    rng = np.random.default_rng(0)
+    rng.integers(1, 1000, (16, 8))  # the tokens drawn first in one_step
+    images = rng.integers(0, 256, (16, 32, 32, 3), dtype=np.uint8).astype(np.float32) / 255.0
+    # stem_0's scale branch: a 1x1 conv (no bias) then BatchNorm, of the images themselves.
+    kernel = before.params["image"]["stem_0"]["conv_scale"]["conv"]["kernel"][0, 0]  # [3, 8]
+    pre = images[:, ::2, ::2, :] @ kernel  # stride 2, no padding needed for 1x1
+    batch_mean = pre.reshape(-1, pre.shape[-1]).mean(0)
+    stats = lambda state: state.model_state["batch_stats"]["image"]["stem_0"]["conv_scale"]["bn"]  # noqa: E731
+    want = 0.9 * stats(before)["mean"] + 0.1 * batch_mean
+    np.testing.assert_allclose(stats(after)["mean"], want, rtol=1e-4, atol=1e-6)
+
+
+def test_frozen_batch_norm_keeps_the_statistics():
+    before, after, _ = one_step({"data": 1, "fsdp": 1}, jax.devices()[:1], "frozen")
+    jax.tree.map(np.testing.assert_array_equal, before.model_state, after.model_state)
+
+
+@pytest.mark.parametrize("name", ["mci0", "mci1", "mci2"])
+def test_mci_pretraining_configs_follow_mobileclip(repo_root, name):
+    paths = [("data.path", "/x"), ("data.synthetic_path", "/y"), ("eval.zeroshot.path", "/t")]
+    config = load_config(os.path.join(repo_root, "configs", "pretrain", f"mci_datacompdr.py:model={name}"), paths)
+    validate(config, num_devices=64, process_count=8, tasks=("pretrain",))
+    assert (config.model.name, config.model.image_size, config.data.normalize) == (name, 256, "none")
+    assert (config.model.batch_norm, config.batch_size, config.data.captions) == ("train", 65_536, "both")
+    assert (config.optim.lr, config.optim.weight_decay, config.optim.b2) == (1e-3, 0.2, 0.95)
