@@ -20,8 +20,11 @@ FLAGS = ("coordinator_address", "num_processes", "process_id")
 
 
 def detect_cluster() -> str | None:
-    """ "slurm" inside a SLURM job step of several tasks, "tpu" on a worker of a multi-host TPU slice, else None."""
-    if int(os.environ.get("SLURM_STEP_NUM_TASKS", os.environ.get("SLURM_NTASKS", "1")) or 1) > 1:
+    """Which cluster this process runs in: "slurm" (a task of a SLURM job step of several tasks), "tpu" (a
+    worker of a multi-host TPU slice) or None."""
+    # Only srun sets SLURM_STEP_NUM_TASKS: a single process in an allocation of several tasks (SLURM_NTASKS)
+    # must not wait for peers that will never start.
+    if int(os.environ.get("SLURM_STEP_NUM_TASKS", "1") or 1) > 1:
         return "slurm"
     if "," in os.environ.get("TPU_WORKER_HOSTNAMES", "") or os.environ.get("MEGASCALE_COORDINATOR_ADDRESS"):
         return "tpu"

@@ -114,3 +114,34 @@ def test_sigterm_stops_every_host_at_the_same_step_with_a_checkpoint(repo_root, 
         "process_0-of-2.json",
         "process_1-of-2.json",
     ]
+
+
+@pytest.mark.parametrize(
+    "env, expected",
+    [
+        ({}, None),
+        ({"SLURM_NTASKS": "16"}, None),  # an allocation, but this process was not started by srun
+        ({"SLURM_NTASKS": "16", "SLURM_STEP_NUM_TASKS": "16"}, "slurm"),
+        ({"SLURM_STEP_NUM_TASKS": "1"}, None),
+        ({"TPU_WORKER_HOSTNAMES": "10.0.0.2"}, None),  # a single-host TPU VM
+        ({"TPU_WORKER_HOSTNAMES": "10.0.0.2,10.0.0.3"}, "tpu"),
+    ],
+)
+def test_cluster_detection(monkeypatch, env, expected):
+    from clipjax.distributed import detect_cluster
+
+    for name in ("SLURM_NTASKS", "SLURM_STEP_NUM_TASKS", "TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert detect_cluster() == expected
+
+
+def test_multi_host_flags_are_all_or_nothing():
+    from clipjax.distributed import initialize
+    from clipjax.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--num_processes --process_id missing"):
+        initialize({"coordinator_address": "127.0.0.1:1234"})
+    with pytest.raises(ConfigError, match="need HOST:PORT and 0 <= process_id < num_processes"):
+        initialize({"coordinator_address": "127.0.0.1:1234", "num_processes": "2", "process_id": "2"})
