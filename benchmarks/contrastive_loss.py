@@ -13,16 +13,14 @@ footprint exceeds the free memory is reported as "out_of_memory" instead of run.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import os
-import platform
 import statistics
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from report import emit, environment
 
 from clipjax.losses import clip_loss
 
@@ -78,12 +76,8 @@ def main() -> None:
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args()
 
-    device = jax.devices()[0]
     header = {
-        "date": datetime.date.today().isoformat(),
-        "device": f"{device.device_kind} ({device.platform})",
-        "host": f"{platform.node()} {platform.machine()}, {os.cpu_count()} cpus",
-        "jax": jax.__version__,
+        **environment(),
         "block": args.block,
         "dtype": args.dtype,
     }
@@ -105,10 +99,7 @@ def main() -> None:
         results = {**header, "batch": args.batch, "dim": args.dim}
         for impl in ("naive", "fused"):
             results[impl] = measure(impl, args.batch, args.dim, args.block, args.repeats, args.dtype)
-        print(json.dumps(results, indent=2))
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(results, f, indent=2)
+    emit(results, args.json)
 
 
 if __name__ == "__main__":

@@ -17,17 +17,16 @@ them) cut from scikit-image's photos.
 from __future__ import annotations
 
 import argparse
-import datetime
 import io
 import json
 import os
-import platform
 import tempfile
 import time
 
 import cv2
 import numpy as np
 from PIL import Image
+from report import emit, environment
 
 from clipjax.data.datacomp import webdataset_example
 from clipjax.data.webdataset import IMAGE_EXTENSIONS, WebDatasetSource, expand_shards
@@ -61,14 +60,6 @@ def write_sample_shard(directory: str, count: int) -> str:
                 info.size = len(payload)
                 archive.addfile(info, io.BytesIO(payload))
     return path
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
 
 
 def rate(fn, items, repeats: int) -> float:
@@ -130,13 +121,9 @@ def main() -> None:
         "samples": len(indices),
         "image_size": args.size,
         "mean_source_pixels": int(np.mean([w * h for w, h in sizes])),
-        "machine": f"{cpu_name()}, {os.cpu_count()} cores",
-        "date": datetime.date.today().isoformat(),
+        **environment(),
     }
-    print(json.dumps(result, indent=2))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
+    emit(result, args.json)
 
 
 if __name__ == "__main__":

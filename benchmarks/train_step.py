@@ -12,13 +12,11 @@ out (one device-resident batch is reused) so the number is the step's own. Resul
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-import platform
 import time
 
 import jax
 import numpy as np
+from report import emit, environment
 
 from clipjax.config import load_config
 from clipjax.models import build_clip
@@ -101,22 +99,15 @@ def main() -> None:
     results = measure(config, args.steps, args.warmup)
     if args.peak_tflops:
         results["mfu"] = results["tflops_per_s_per_device"] / args.peak_tflops
-    device = jax.devices()[0]
     results.update(
-        date=datetime.date.today().isoformat(),
-        device=f"{jax.device_count()} x {device.device_kind} ({device.platform})",
-        host=f"{platform.node()} {platform.processor() or platform.machine()}",
-        jax=jax.__version__,
+        **environment(),
         config=args.config,
         overrides=dict(overrides),
         model=config.model.name,
         batch_size=config.batch_size,
         dtype=config.model.dtype,
     )
-    print(json.dumps(results, indent=2))
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(results, f, indent=2)
+    emit(results, args.json)
 
 
 if __name__ == "__main__":

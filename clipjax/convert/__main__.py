@@ -45,6 +45,8 @@ def parse(argv: Sequence[str]) -> dict[str, str]:
 
 def convert(source: str, model_name: str, checkpoint: str, workdir: str) -> str:
     """Reads, converts and writes; returns a one-line description of what was written."""
+    import jax
+
     from clipjax.convert.fastvit import fastvit_to_mci
     from clipjax.convert.openclip import (
         OPEN_CLIP_MODELS,
@@ -83,16 +85,8 @@ def convert(source: str, model_name: str, checkpoint: str, workdir: str) -> str:
     save_converted(
         workdir, variables, model, normalize=normalize, source=f"{source} {model_name} from {checkpoint}", towers=towers
     )
-    count = sum(value.size for value in _leaves(variables["params"]))
+    count = sum(value.size for value in jax.tree.leaves(variables["params"]))
     return f"converted {source} {model_name} ({count / 1e6:.1f}M parameters) from {checkpoint} into {workdir}"
-
-
-def _leaves(tree):
-    if isinstance(tree, dict):
-        for value in tree.values():
-            yield from _leaves(value)
-    else:
-        yield tree
 
 
 def main(argv: Sequence[str] | None = None) -> int:

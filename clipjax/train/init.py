@@ -62,10 +62,10 @@ def read_metadata(directory: str) -> dict[str, Any]:
         with open(converted, encoding="utf-8") as f:
             return json.load(f)
     config_file = os.path.join(directory, "config.json")
-    if os.path.isfile(config_file) and _latest_step(directory) is not None:
+    step = _latest_step(directory)
+    if os.path.isfile(config_file) and step is not None:
         with open(config_file, encoding="utf-8") as f:
             config = json.load(f)
-        step = _latest_step(directory)
         return {
             "model": config["model"],
             "normalize": config["data"]["normalize"],
