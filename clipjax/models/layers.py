@@ -13,6 +13,7 @@ from typing import Any, Callable
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Dtype = Any
 
@@ -29,10 +30,84 @@ REMAT_POLICIES: dict[str, Any] = {
 
 LAYER_NORM_EPS = 1e-5  # open_clip's value; converted checkpoints depend on it
 
+# How the fused attention runs: "xla" (XLA's fusions; any backend and dtype), "cudnn" (cuDNN's flash
+# attention: CUDA GPUs, bfloat16/float16, head dim a multiple of 8 up to 128), "auto" (cuDNN where it
+# applies, else XLA).
+ATTENTION_IMPLEMENTATIONS = ("auto", "xla", "cudnn")
+_CUDNN_DTYPES = (jnp.bfloat16, jnp.float16)
+
+
+def accelerator_platform() -> str:
+    """ "cuda", "rocm", "tpu" or "cpu": JAX's default backend, with GPUs told apart by their runtime."""
+    backend = jax.default_backend()
+    if backend != "gpu":
+        return backend
+    version = getattr(jax.devices()[0].client, "platform_version", "").lower()
+    return "rocm" if "rocm" in version else "cuda"
+
+
+def attention_implementation(requested: str, dtype: Dtype, head_dim: int, platform: str | None = None) -> str:
+    """Resolves `requested` ("auto", "xla" or "cudnn") to what `jax.nn.dot_product_attention` runs.
+
+    "auto" picks cuDNN's flash attention on a CUDA GPU for half-precision inputs with a supported head dim
+    (it never materialises the [B, heads, N, N] logits), XLA otherwise. An explicit "cudnn" where cuDNN
+    cannot run raises a one-line ValueError naming why.
+    """
+    if requested not in ATTENTION_IMPLEMENTATIONS:
+        raise ValueError(f"attention implementation {requested!r} is not one of {ATTENTION_IMPLEMENTATIONS}")
+    platform = platform or accelerator_platform()
+    problems = []
+    if platform != "cuda":
+        problems.append(f"it needs a CUDA GPU (the platform is {platform!r})")
+    if jnp.dtype(dtype) not in [jnp.dtype(d) for d in _CUDNN_DTYPES]:
+        problems.append(f"it needs bfloat16 or float16 (the compute dtype is {jnp.dtype(dtype).name})")
+    if head_dim % 8 or head_dim > 128:
+        problems.append(f"it needs a head dim that is a multiple of 8 up to 128 (got {head_dim})")
+    if requested == "cudnn" and problems:
+        raise ValueError(f"cuDNN attention cannot run here: {'; '.join(problems)}; use attention 'auto' or 'xla'")
+    if requested == "auto":
+        return "xla" if problems else "cudnn"
+    return requested
+
 
 def layer_norm(name: str, dtype: Dtype) -> nn.LayerNorm:
     """LayerNorm with CLIP's epsilon; statistics are computed in float32 whatever `dtype` is."""
     return nn.LayerNorm(epsilon=LAYER_NORM_EPS, dtype=dtype, name=name)
+
+
+def drop_path_rates(rate: float, depth: int) -> tuple[float, ...]:
+    """Per-block stochastic depth rates: `depth` values rising linearly from 0 (first block) to `rate` (last),
+    timm's `linspace(0, rate, depth)` (a single block gets 0). Python floats, so modules stay hashable."""
+    if not 0.0 <= rate <= 1.0:
+        raise ValueError(f"drop path rate must be in [0, 1], got {rate}")
+    return tuple(float(r) for r in np.linspace(0.0, rate, depth))
+
+
+class DropPath(nn.Module):
+    """Stochastic depth (Huang et al. 2016, timm's DropPath): drops a residual branch for whole samples.
+
+    `__call__(x [B, ...]) -> [B, ...]` in x's dtype. Active only when `rate` > 0 and the apply has a "dropout"
+    rng (training steps pass `rngs={"dropout": key}`; evaluation never does, so it is deterministic there).
+    Then each sample is kept with probability 1 - rate and scaled by 1 / (1 - rate), so the expectation is
+    unchanged; otherwise x is returned as it is (no parameters, no rng needed).
+    """
+
+    rate: float = 0.0
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        if not 0.0 <= self.rate <= 1.0:
+            raise ValueError(f"drop path rate must be in [0, 1], got {self.rate}")
+        if self.rate == 0.0 or not self.has_rng("dropout"):
+            return x
+        keep_prob = 1.0 - self.rate
+        # One draw per sample, broadcast over every other axis: the whole branch is dropped, not elements.
+        keep = jax.random.bernoulli(self.make_rng("dropout"), keep_prob, (x.shape[0],) + (1,) * (x.ndim - 1))
+        if keep_prob == 0.0:  # rate 1: always dropped (timm does not rescale then)
+            return jnp.zeros_like(x)
+        # Scale in at least float32 so a bfloat16 branch is rounded once, not also by a rounded 1 / keep_prob.
+        scaled = (x.astype(jnp.promote_types(x.dtype, jnp.float32)) / keep_prob).astype(x.dtype)
+        return jnp.where(keep, scaled, jnp.zeros((), x.dtype))
 
 
 class MlpBlock(nn.Module):
@@ -50,17 +125,46 @@ class MlpBlock(nn.Module):
         return dense(width, name="fc2")(x)
 
 
+def fused_attention(
+    q: jax.Array, k: jax.Array, v: jax.Array, causal: bool, implementation: str, pad_odd: bool = False
+) -> jax.Array:
+    """softmax(q k^T / sqrt(d)) v through `jax.nn.dot_product_attention`: q, k, v [B, N, heads, d] -> [B, N,
+    heads, d] in their dtype.
+
+    With `pad_odd`, an odd N is padded by one token that the kernel masks out by sequence length and the
+    output drops: JAX runs cuDNN's training kernels only for even lengths (ViT-B/16's 197 tokens and CLIP's
+    77 are odd), and the masked token changes nothing else.
+    """
+    n = q.shape[1]
+    if not (pad_odd and n % 2):
+        return jax.nn.dot_product_attention(q, k, v, is_causal=causal, implementation=implementation)
+    pad = ((0, 0), (0, 1), (0, 0), (0, 0))
+    lengths = jnp.full((q.shape[0],), n, jnp.int32)
+    out = jax.nn.dot_product_attention(
+        jnp.pad(q, pad),
+        jnp.pad(k, pad),
+        jnp.pad(v, pad),
+        is_causal=causal,
+        query_seq_lengths=lengths,
+        key_value_seq_lengths=lengths,
+        implementation=implementation,
+    )
+    return out[:, :n]
+
+
 class SelfAttention(nn.Module):
     """Multi-head self-attention with one fused query/key/value projection.
 
     `__call__(x [B, N, width]) -> (out [B, N, width], weights [B, heads, N, N] float32 or None)`; the weights
     are computed (by an explicit softmax) only when `return_weights` is set, otherwise the fused
-    `jax.nn.dot_product_attention` runs.
+    `jax.nn.dot_product_attention` runs with the implementation `attention` resolves to (see
+    `attention_implementation`).
     """
 
     num_heads: int
     causal: bool = False
     return_weights: bool = False
+    attention: str = "auto"
     dtype: Dtype = jnp.float32
 
     @nn.compact
@@ -82,28 +186,39 @@ class SelfAttention(nn.Module):
             weights = jax.nn.softmax(logits, axis=-1)
             out = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(v.dtype), v)
         else:
-            out = jax.nn.dot_product_attention(q, k, v, is_causal=self.causal)
+            implementation = attention_implementation(self.attention, q.dtype, head_dim)
+            out = fused_attention(q, k, v, self.causal, implementation, pad_odd=implementation == "cudnn")
         out = nn.DenseGeneral(width, axis=(-2, -1), dtype=self.dtype, kernel_init=init, name="out")(out)
         return out, weights
 
 
 class EncoderBlock(nn.Module):
-    """Pre-norm transformer block: x + attn(ln_1(x)), then x + mlp(ln_2(x)). Returns (x, attn weights)."""
+    """Pre-norm transformer block: x + drop(attn(ln_1(x))), then x + drop(mlp(ln_2(x))), drop being
+    `DropPath(drop_path)` (the identity unless training with a "dropout" rng). x [B, N, width] in `dtype`;
+    returns (x [B, N, width], attn weights [B, heads, N, N] float32 or None)."""
 
     num_heads: int
     mlp_dim: int
     act: str = "gelu"
     causal: bool = False
     return_weights: bool = False
+    attention: str = "auto"
     dtype: Dtype = jnp.float32
+    drop_path: float = 0.0  # stochastic depth rate of both residual branches
 
     @nn.compact
     def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array | None]:
         y, weights = SelfAttention(
-            self.num_heads, causal=self.causal, return_weights=self.return_weights, dtype=self.dtype, name="attn"
+            self.num_heads,
+            causal=self.causal,
+            return_weights=self.return_weights,
+            attention=self.attention,
+            dtype=self.dtype,
+            name="attn",
         )(layer_norm("ln_1", self.dtype)(x))
-        x = x + y
-        x = x + MlpBlock(self.mlp_dim, act=self.act, dtype=self.dtype, name="mlp")(layer_norm("ln_2", self.dtype)(x))
+        x = x + DropPath(self.drop_path, name="drop_path_1")(y)
+        y = MlpBlock(self.mlp_dim, act=self.act, dtype=self.dtype, name="mlp")(layer_norm("ln_2", self.dtype)(x))
+        x = x + DropPath(self.drop_path, name="drop_path_2")(y)
         return x, weights
 
 
@@ -113,6 +228,7 @@ class Encoder(nn.Module):
     `__call__(x [B, N, width], return_layers=(i, ...), return_attention=False)` returns
     `(x, layers, attention)`: `layers` maps each requested block index (negative counts from the end) to
     that block's output [B, N, width]; `attention` lists every block's weights [B, heads, N, N] when asked.
+    `drop_path` holds each block's stochastic depth rate (e.g. `drop_path_rates(rate, depth)`); empty: none.
     """
 
     depth: int
@@ -121,12 +237,17 @@ class Encoder(nn.Module):
     act: str = "gelu"
     causal: bool = False
     remat: str = "none"
+    attention: str = "auto"
     dtype: Dtype = jnp.float32
+    drop_path: tuple[float, ...] = ()
 
     @nn.compact
     def __call__(
         self, x: jax.Array, return_layers: tuple[int, ...] = (), return_attention: bool = False
     ) -> tuple[jax.Array, dict[int, jax.Array], list[jax.Array]]:
+        if self.drop_path and len(self.drop_path) != self.depth:
+            raise ValueError(f"{len(self.drop_path)} drop path rates for {self.depth} blocks")
+        rates = self.drop_path or (0.0,) * self.depth
         block_cls = EncoderBlock
         if self.remat != "none":
             # Recomputing each block in the backward pass trades ~1/3 more compute for activation memory.
@@ -140,7 +261,9 @@ class Encoder(nn.Module):
                 act=self.act,
                 causal=self.causal,
                 return_weights=return_attention,
+                attention=self.attention,
                 dtype=self.dtype,
+                drop_path=rates[i],
                 name=f"block_{i}",
             )(x)
             if i in wanted:

@@ -37,6 +37,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from clipjax.models.layers import DropPath, drop_path_rates
+
 Dtype = Any
 
 BN_EPS = 1e-5  # PyTorch's BatchNorm2d default, used by every timm fastvit BatchNorm
@@ -255,35 +257,44 @@ class Attention(nn.Module):
 
 
 class RepMixerBlock(nn.Module):
-    """RepMixer token mixing, then x + gamma * ConvFFN(x). [B,H,W,C] -> [B,H,W,C]."""
+    """RepMixer token mixing, then x + drop(gamma * ConvFFN(x)). [B,H,W,C] -> [B,H,W,C].
+
+    Stochastic depth (`drop_path`, see `DropPath`) drops only the ConvFFN branch, as timm's fastvit: RepMixer's
+    x + gamma * (mixer(x) - norm(x)) is folded into one convolution by reparameterisation, not a residual branch.
+    """
 
     mlp_ratio: float = 3.0
     reparameterized: bool = False
     dtype: Dtype = jnp.float32
+    drop_path: float = 0.0
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         rep, hidden = self.reparameterized, int(x.shape[-1] * self.mlp_ratio)
         x = RepMixer(reparameterized=rep, dtype=self.dtype, name="token_mixer")(x)
-        return x + LayerScale(name="layer_scale")(ConvMlp(hidden, rep, self.dtype, name="mlp")(x))
+        y = LayerScale(name="layer_scale")(ConvMlp(hidden, rep, self.dtype, name="mlp")(x))
+        return x + DropPath(self.drop_path, name="drop_path")(y)
 
 
 class AttentionBlock(nn.Module):
-    """x + gamma1 * Attention(BN(x)), then x + gamma2 * ConvFFN(x); reparameterized, the BatchNorm is folded
-    into the qkv projection. [B,H,W,C] -> [B,H,W,C]."""
+    """x + drop(gamma1 * Attention(BN(x))), then x + drop(gamma2 * ConvFFN(x)), drop being stochastic depth at
+    rate `drop_path` (see `DropPath`) on both branches, as timm; reparameterized, the BatchNorm is folded into
+    the qkv projection. [B,H,W,C] -> [B,H,W,C]."""
 
     mlp_ratio: float = 3.0
     head_dim: int = 32
     reparameterized: bool = False
     dtype: Dtype = jnp.float32
+    drop_path: float = 0.0
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         rep, hidden = self.reparameterized, int(x.shape[-1] * self.mlp_ratio)
         y = x if rep else _batch_norm(self, self.dtype, "norm")(x)
         y = Attention(self.head_dim, qkv_bias=rep, dtype=self.dtype, name="token_mixer")(y)
-        x = x + LayerScale(name="layer_scale_1")(y)
-        return x + LayerScale(name="layer_scale_2")(ConvMlp(hidden, rep, self.dtype, name="mlp")(x))
+        x = x + DropPath(self.drop_path, name="drop_path_1")(LayerScale(name="layer_scale_1")(y))
+        y = LayerScale(name="layer_scale_2")(ConvMlp(hidden, rep, self.dtype, name="mlp")(x))
+        return x + DropPath(self.drop_path, name="drop_path_2")(y)
 
 
 class RepCPE(nn.Module):
@@ -303,7 +314,8 @@ class RepCPE(nn.Module):
 
 
 class Stage(nn.Module):
-    """Optional stride-2 PatchEmbed, optional RepCPE, then `depth` blocks. [B,H,W,C] -> [B,H/s,W/s,features]."""
+    """Optional stride-2 PatchEmbed, optional RepCPE, then `depth` blocks, block i with stochastic depth rate
+    `drop_path[i]` (empty: none). [B,H,W,C] -> [B,H/s,W/s,features]."""
 
     features: int
     depth: int
@@ -314,9 +326,13 @@ class Stage(nn.Module):
     head_dim: int = 32
     reparameterized: bool = False
     dtype: Dtype = jnp.float32
+    drop_path: tuple[float, ...] = ()
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
+        if self.drop_path and len(self.drop_path) != self.depth:
+            raise ValueError(f"{len(self.drop_path)} drop path rates for {self.depth} blocks")
+        rates = self.drop_path or (0.0,) * self.depth
         rep = self.reparameterized
         if self.downsample:
             x = PatchEmbed(self.features, self.se_downsample, rep, self.dtype, name="downsample")(x)
@@ -324,9 +340,11 @@ class Stage(nn.Module):
             x = RepCPE(reparameterized=rep, dtype=self.dtype, name="pos_emb")(x)
         for i in range(self.depth):
             if self.attention:
-                x = AttentionBlock(self.mlp_ratio, self.head_dim, rep, self.dtype, name=f"blocks_{i}")(x)
+                x = AttentionBlock(
+                    self.mlp_ratio, self.head_dim, rep, self.dtype, drop_path=rates[i], name=f"blocks_{i}"
+                )(x)
             else:
-                x = RepMixerBlock(self.mlp_ratio, rep, self.dtype, name=f"blocks_{i}")(x)
+                x = RepMixerBlock(self.mlp_ratio, rep, self.dtype, drop_path=rates[i], name=f"blocks_{i}")(x)
         return x
 
 
@@ -352,6 +370,8 @@ class MCi(nn.Module):
       pooled     [B, 2 * widths[-1]]               final_conv output, globally average-pooled
       features   {s: [B, H/s, W/s, widths[i]]}     outputs of stage i at stride s = 4, 8, 16, 32
     Parameter paths mirror timm's names ("stages.3.blocks.0" -> stages_3/blocks_0).
+    `drop_path` is the stochastic depth rate of the last block, rising linearly from 0 over all blocks of all
+    stages in order (timm's fastvit); it acts only in applies given a "dropout" rng (training).
     """
 
     depths: tuple[int, ...]
@@ -361,6 +381,7 @@ class MCi(nn.Module):
     head_dim: int = 32
     reparameterized: bool = False
     dtype: Dtype = jnp.float32
+    drop_path: float = 0.0
 
     @nn.compact
     def __call__(self, images: jax.Array) -> dict[str, Any]:
@@ -374,6 +395,9 @@ class MCi(nn.Module):
         x = stem(3, stride=2, depthwise=True, name="stem_1")(x)
         x = stem(1, name="stem_2")(x)
         features = {}
+        # One linspace over every block of every stage, cut into the stages' shares.
+        rates = drop_path_rates(self.drop_path, sum(self.depths))
+        starts = np.cumsum((0,) + tuple(self.depths))
         for i, (depth, width) in enumerate(zip(self.depths, self.widths)):
             x = Stage(
                 width,
@@ -385,6 +409,7 @@ class MCi(nn.Module):
                 head_dim=self.head_dim,
                 reparameterized=rep,
                 dtype=dtype,
+                drop_path=rates[starts[i] : starts[i + 1]],
                 name=f"stages_{i}",
             )(x)
             features[4 * 2**i] = x
@@ -395,11 +420,20 @@ class MCi(nn.Module):
         return {"embedding": embedding, "pooled": pooled, "features": features}
 
 
-def build_mci(name: str, num_classes: int = 512, reparameterized: bool = False, dtype: Dtype = jnp.float32) -> MCi:
-    """The MCi encoder `name` ("mci0", "mci1" or "mci2") with a `num_classes`-d output (the CLIP embedding)."""
+def build_mci(
+    name: str,
+    num_classes: int = 512,
+    reparameterized: bool = False,
+    dtype: Dtype = jnp.float32,
+    drop_path: float = 0.0,
+) -> MCi:
+    """The MCi encoder `name` ("mci0", "mci1" or "mci2") with a `num_classes`-d output (the CLIP embedding) and
+    stochastic depth rising to `drop_path` at the last block (0: none)."""
     if name not in MCI_PRESETS:
         raise ValueError(f"unknown MCi preset {name!r}; known: {', '.join(MCI_PRESETS)}")
-    return MCi(**MCI_PRESETS[name], num_classes=num_classes, reparameterized=reparameterized, dtype=dtype)
+    return MCi(
+        **MCI_PRESETS[name], num_classes=num_classes, reparameterized=reparameterized, dtype=dtype, drop_path=drop_path
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------

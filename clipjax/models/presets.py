@@ -57,8 +57,10 @@ def text_tower_dims(model: ConfigDict) -> dict[str, int]:
 
 def build_image_tower(model: ConfigDict) -> nn.Module:
     """The image tower described by `config.model` (projecting to `model.embed_dim`)."""
+    # Configs saved before stochastic depth existed have no `drop_path`: they trained without it.
+    drop_path = model.get("drop_path", 0.0)
     if is_mci(model.name):
-        return build_mci(model.name, num_classes=model.embed_dim, dtype=DTYPES[model.dtype])
+        return build_mci(model.name, num_classes=model.embed_dim, dtype=DTYPES[model.dtype], drop_path=drop_path)
     dims = image_tower_dims(model)
     return VisionTransformer(
         width=dims["width"],
@@ -71,7 +73,9 @@ def build_image_tower(model: ConfigDict) -> nn.Module:
         stem=model.image.stem,
         act=model.act,
         remat=model.remat,
+        attention=model.attention,
         dtype=DTYPES[model.dtype],
+        drop_path=drop_path,
     )
 
 
@@ -89,6 +93,7 @@ def build_clip(model: ConfigDict) -> CLIP:
         act=model.act,
         causal=model.text.causal,
         remat=model.remat,
+        attention=model.attention,
         dtype=DTYPES[model.dtype],
     )
     return CLIP(

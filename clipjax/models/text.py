@@ -36,6 +36,7 @@ class TextTransformer(nn.Module):
     act: str = "gelu"
     causal: bool = True  # False: every token sees every token (MobileCLIP-S1/S2 text towers)
     remat: str = "none"
+    attention: str = "auto"  # see clipjax.models.layers.attention_implementation
     dtype: Dtype = jnp.float32
 
     @nn.compact
@@ -61,6 +62,7 @@ class TextTransformer(nn.Module):
             act=self.act,
             causal=self.causal,
             remat=self.remat,
+            attention=self.attention,
             dtype=self.dtype,
             name="encoder",
         )(x, return_layers, return_attention)

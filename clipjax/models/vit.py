@@ -9,7 +9,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from clipjax.models.layers import Encoder, layer_norm
+from clipjax.models.layers import Encoder, drop_path_rates, layer_norm
 
 Dtype = Any
 
@@ -25,6 +25,8 @@ class VisionTransformer(nn.Module):
       layers     {block index: [B, 1 + N, width]}  raw outputs of the blocks in `return_layers`
       attention  [[B, heads, 1 + N, 1 + N] float32 per block] when `return_attention`, else []
       grid       (H/p, W/p)      the patch grid, to fold tokens back into feature maps
+    `drop_path` is the stochastic depth rate of the last block, rising linearly from 0 at the first; it acts
+    only in applies given a "dropout" rng (training), see `clipjax.models.layers.DropPath`.
     """
 
     width: int
@@ -37,7 +39,9 @@ class VisionTransformer(nn.Module):
     stem: str = "patch"
     act: str = "gelu"
     remat: str = "none"
+    attention: str = "auto"  # see clipjax.models.layers.attention_implementation
     dtype: Dtype = jnp.float32
+    drop_path: float = 0.0
 
     @nn.compact
     def __call__(
@@ -60,7 +64,15 @@ class VisionTransformer(nn.Module):
         x = x + self.param("pos_embed", init, (1 + gh * gw, self.width)).astype(x.dtype)
         x = layer_norm("ln_pre", self.dtype)(x)
         x, layers, attention = Encoder(
-            self.depth, self.num_heads, self.mlp_dim, act=self.act, remat=self.remat, dtype=self.dtype, name="encoder"
+            self.depth,
+            self.num_heads,
+            self.mlp_dim,
+            act=self.act,
+            remat=self.remat,
+            attention=self.attention,
+            dtype=self.dtype,
+            drop_path=drop_path_rates(self.drop_path, self.depth),
+            name="encoder",
         )(x, return_layers, return_attention)
         tokens = layer_norm("ln_post", self.dtype)(x)
         pooled = tokens[:, 0] if self.pool == "cls" else tokens[:, 1:].mean(axis=1)
