@@ -71,9 +71,16 @@ def base_config() -> ConfigDict:
     c.model.act = "gelu"  # "gelu" (open_clip, LAION/DataComp weights) or "quick_gelu" (OpenAI weights)
     c.model.dtype = "float32"  # compute dtype: "float32" or "bfloat16"; parameters stay float32
     c.model.remat = "none"  # rematerialise each block: "none", "full" (save nothing), "dots" (save matmuls)
+    # Attention kernel of ViT and text blocks: "auto" (cuDNN flash attention on CUDA GPUs with bfloat16
+    # compute, XLA elsewhere), "xla", or "cudnn" (an error where cuDNN cannot run).
+    c.model.attention = "auto"
     c.model.temperature_init = 0.07  # the logit scale starts at 1 / temperature_init
     c.model.logit_scale_max = 100.0  # the logit scale is clamped to [1, logit_scale_max] after each update
     c.model.logit_bias_init = None  # a learnable logit bias starting here (SigLIP: -10); None: no bias
+    # Stochastic depth (drop path) of the image tower's residual branches while training: the rate of the last
+    # block, rising linearly from 0 at the first (as timm and MAE); 0 turns it off. Active only in steps that
+    # pass a "dropout" rng (training), never in evaluation.
+    c.model.drop_path = 0.0
     # BatchNorm of MCi image towers in training: "train" (batch statistics of the global batch, running
     # averages updated, as MobileCLIP trains) or "frozen" (the stored statistics, e.g. finetuning converted weights).
     c.model.batch_norm = "train"
@@ -93,6 +100,12 @@ def base_config() -> ConfigDict:
             "b2": 0.95,
             "eps": 1e-6,
             "grad_clip_norm": 1.0,  # global-norm clipping; 0 disables it
+            # Finetuning: layer-wise learning-rate decay (BEiT/MAE): the parameters of layer i of L get
+            # lr * layer_decay ** (L + 1 - i) (the stem is layer 0, the head L + 1); 1.0 turns it off.
+            "layer_decay": 1.0,
+            # Exponential moving average of the parameters (0: none); evaluation then reports both the raw and
+            # the averaged weights (eval/... and eval_ema/...).
+            "ema_decay": 0.0,
         }
     )
 
@@ -108,9 +121,62 @@ def base_config() -> ConfigDict:
     c.data.normalize = "clip"  # "clip": OpenAI mean/std; "none": pixels in [0, 1] (MobileCLIP)
     c.data.crop_scale = (0.9, 1.0)  # RandomResizedCrop's range of the crop's share of the image area (open_clip)
     c.data.flip = False  # random horizontal flips (off: captions say "left" and "right")
+    # Labelled data (finetuning, kinds tfds and folder): the TFDS dataset name under data.path, and the split
+    # names (TFDS splits, or the sub-directories of an ImageFolder root, e.g. "train" and "val").
+    c.data.dataset = "imagenet2012"
+    c.data.train_split = "train"
+    c.data.eval_split = "validation"
     c.data.num_workers = 0  # grain worker processes; 0 decodes in threads of the training process
     c.data.num_threads = 2  # grain reader threads per process
     c.data.synthetic = ConfigDict({"num_examples": 100_000, "max_objects": 4})
+
+    # Finetuning a classifier on the image tower (task "finetune"); the pretrained tower comes from config.init.
+    c.finetune = ConfigDict(
+        {
+            "num_classes": None,  # None: the dataset's number of classes
+            "pool": "mean",  # "mean" of the patch tokens + LayerNorm (MAE), or "cls" (the tower's pooled token)
+            "head_init_std": 2e-5,  # the new head's weights ~ truncated normal with this std (MAE), bias 0
+            "label_smoothing": 0.1,
+            # Mixup / CutMix over the batch (timm's "batch" mode: one lambda per step, pairs from the reversed
+            # batch); alpha 0 turns each off. Per step: cutmix with probability switch_prob when both are on.
+            "mixup_alpha": 0.8,
+            "cutmix_alpha": 1.0,
+            "mix_switch_prob": 0.5,
+            "mix_prob": 1.0,  # chance that a step mixes at all
+            # Host-side augmentation in the grain workers: RandAugment (timm "rand-m9-mstd0.5-inc1": ops per
+            # image, magnitude out of 10, its per-op standard deviation; ops 0 turns it off) and random
+            # erasing (probability per image; 0 turns it off).
+            "randaugment_ops": 2,
+            "randaugment_magnitude": 9.0,
+            "randaugment_magnitude_std": 0.5,
+            "random_erasing": 0.25,
+            "eval_crop_ratio": 0.875,  # evaluation: resize the shorter side to image_size / ratio, centre crop
+            "eval_examples": None,  # the first N of the evaluation split (None: all of it, exact; 1000 synthetic)
+            "eval_batch_size": 256,
+            # The evaluation metric whose best value's weights are kept in <workdir>/best; None: the task's
+            # main one (eval/top1 for "finetune", eval/rmse for "depth"). Errors (rmse, abs_rel, ...) count
+            # smaller as better.
+            "best_metric": None,
+        }
+    )
+
+    # Monocular depth finetuning (task "depth", NYUv2 or the synthetic scenes' depth maps); the shared
+    # finetuning keys (eval_examples, eval_batch_size, best_metric) are config.finetune's, the training crop
+    # is model.image_size. data.kind "nyu": data.path is the dataset root, data.train_split / eval_split
+    # the split files in it (BTS's nyu_train.txt / nyu_test.txt).
+    c.depth = ConfigDict(
+        {
+            "max_depth": 10.0,  # the head predicts sigmoid * max_depth metres; also the evaluation's upper bound
+            "min_depth": 1e-3,  # evaluation: pixels with ground truth in (min_depth, max_depth) count
+            "silog_lambda": 0.5,  # the scale-invariant log loss's variance weight (1: fully scale invariant)
+            "channels": 32,  # the MIM-depth head's width
+            "num_deconv": 3,  # its 2x transposed convolutions; bilinear upsamplings make up the rest of the stride
+            "photometric": True,  # training: random gamma, brightness and colour (BTS), half of the images
+            "eigen_crop": True,  # evaluation inside the Eigen crop (NYUv2 480x640 frames; scaled for others)
+            "flip_test": True,  # evaluation: average with the prediction of the mirrored image
+            "eval_stride": 320,  # evaluation windows' step (px) over images larger than model.image_size
+        }
+    )
 
     c.eval = ConfigDict()
     c.eval.num_threads = 8  # evaluation images decoded in parallel per host

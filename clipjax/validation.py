@@ -7,12 +7,16 @@ import math
 from ml_collections import ConfigDict
 
 from clipjax.config import choice
+from clipjax.data.classification import CLASSIFICATION_KINDS
+from clipjax.data.depth import DEPTH_KINDS
 from clipjax.data.pipeline import CAPTION_POLICIES, DATA_KINDS
 from clipjax.data.transforms import NORMALIZATIONS
 from clipjax.errors import ConfigError
+from clipjax.evals.depth_metrics import DEPTH_METRICS
 from clipjax.evals.setup import CLASSNAME_SOURCES, ZEROSHOT_KINDS
+from clipjax.heads.classification import POOLS
 from clipjax.losses.contrastive import IMPLEMENTATIONS, LOSS_KINDS
-from clipjax.models.layers import ACTIVATIONS, REMAT_POLICIES
+from clipjax.models.layers import ACTIVATIONS, ATTENTION_IMPLEMENTATIONS, REMAT_POLICIES, attention_implementation
 from clipjax.models.presets import (
     DTYPES,
     TEXT_SIZES,
@@ -23,6 +27,8 @@ from clipjax.models.presets import (
 )
 from clipjax.parallel import mesh_shape
 from clipjax.tokenizer import VOCAB_SIZE
+
+FINETUNING_TASKS = ("finetune", "depth")  # tasks that start from config.init's image tower and add a head
 
 
 def validate(config: ConfigDict, *, num_devices: int, process_count: int, tasks: tuple[str, ...]) -> None:
@@ -49,6 +55,16 @@ def validate(config: ConfigDict, *, num_devices: int, process_count: int, tasks:
     _validate_model(config.model)
     _validate_data(config)
     _validate_eval(config.eval)
+    if config.task in FINETUNING_TASKS:
+        _validate_finetuning(config)
+        if config.task == "finetune":
+            _validate_classification(config)
+        else:
+            _validate_depth(config)
+    elif config.optim.layer_decay != 1 or config.optim.ema_decay != 0:
+        raise ConfigError(
+            f"config.optim.layer_decay / ema_decay are finetuning settings; task {config.task!r} needs 1.0 / 0.0"
+        )
     _validate_mesh_and_batch(config, num_devices, process_count)
     optim = config.optim
     if optim.lr <= 0 or optim.warmup_steps < 0 or not 0 <= optim.min_lr_ratio <= 1 or optim.weight_decay < 0:
@@ -64,6 +80,7 @@ def _validate_model(model: ConfigDict) -> None:
     choice("config.model.act", model.act, ACTIVATIONS)
     choice("config.model.dtype", model.dtype, DTYPES)
     choice("config.model.remat", model.remat, ("none", *REMAT_POLICIES))
+    choice("config.model.attention", model.attention, ATTENTION_IMPLEMENTATIONS)
     choice("config.model.image.pool", model.image.pool, ("cls", "mean"))
     choice("config.model.image.stem", model.image.stem, ("patch", "conv"))
     choice("config.model.batch_norm", model.batch_norm, ("train", "frozen"))
@@ -78,6 +95,10 @@ def _validate_model(model: ConfigDict) -> None:
                 f"config.model.{tower}.width={dims['width']} is not divisible by heads={dims['heads']}; "
                 f"set config.model.{tower}.heads to a divisor of the width"
             )
+        try:
+            attention_implementation(model.attention, DTYPES[model.dtype], dims["width"] // dims["heads"])
+        except ValueError as e:
+            raise ConfigError(f"config.model.attention={model.attention!r} ({tower} tower): {e}") from None
     patch = 32 if is_mci(model.name) else image_tower_dims(model)["patch_size"]
     if model.image.stem == "conv" and (patch < 4 or patch & (patch - 1)):
         raise ConfigError(
@@ -122,11 +143,69 @@ def _validate_data(config: ConfigDict) -> None:
             f"config.data.path is required with config.data.kind={data.kind!r}; "
             "pass e.g. --config.data.path=/data/shards/{00000..00099}.tar"
         )
-    if data.kind == "webdataset" and data.captions != "real" and not data.synthetic_path:
+    if config.task == "pretrain" and data.kind == "webdataset" and data.captions != "real" and not data.synthetic_path:
         raise ConfigError(
             f"config.data.captions={data.captions!r} needs synthetic captions: pass the DataCompDR shards, e.g. "
             "--config.data.synthetic_path=/data/datacompdr/{00000..00099}.tar, or use --config.data.captions=real"
         )
+
+
+def _validate_finetuning(config: ConfigDict) -> None:
+    """What every finetuning task shares: evaluation sizes, layer decay, EMA."""
+    tune = config.finetune
+    if tune.eval_batch_size < 1 or (tune.eval_examples is not None and tune.eval_examples < 1):
+        raise ConfigError("config.finetune: eval_batch_size and eval_examples (when set) must be at least 1")
+    if not 0 < config.optim.layer_decay <= 1:
+        raise ConfigError(f"config.optim.layer_decay={config.optim.layer_decay} must lie in (0, 1]")
+    if not 0 <= config.optim.ema_decay < 1:
+        raise ConfigError(f"config.optim.ema_decay={config.optim.ema_decay} must lie in [0, 1)")
+
+
+def _best_metric(config: ConfigDict, names: tuple[str, ...]) -> None:
+    """config.finetune.best_metric, when set, must be one the task's evaluation logs."""
+    prefixes = ("eval", "eval_ema") if config.optim.ema_decay else ("eval",)
+    if config.finetune.best_metric is not None:
+        metrics = tuple(f"{prefix}/{name}" for prefix in prefixes for name in names)
+        choice("config.finetune.best_metric", config.finetune.best_metric, metrics)
+
+
+def _validate_classification(config: ConfigDict) -> None:
+    tune = config.finetune
+    choice("config.data.kind (finetuning)", config.data.kind, CLASSIFICATION_KINDS)
+    choice("config.finetune.pool", tune.pool, POOLS)
+    if tune.num_classes is not None and tune.num_classes < 1:
+        raise ConfigError(f"config.finetune.num_classes={tune.num_classes} must be at least 1 (or None)")
+    for key in ("mixup_alpha", "cutmix_alpha", "randaugment_ops", "randaugment_magnitude_std", "head_init_std"):
+        if tune[key] < 0:
+            raise ConfigError(f"config.finetune.{key}={tune[key]} must be >= 0")
+    for key in ("mix_switch_prob", "mix_prob", "random_erasing"):
+        if not 0 <= tune[key] <= 1:
+            raise ConfigError(f"config.finetune.{key}={tune[key]} must lie in [0, 1]")
+    if not 0 <= tune.label_smoothing < 1:
+        raise ConfigError(f"config.finetune.label_smoothing={tune.label_smoothing} must lie in [0, 1)")
+    if not 0 <= tune.randaugment_magnitude <= 10:
+        raise ConfigError(f"config.finetune.randaugment_magnitude={tune.randaugment_magnitude} must lie in [0, 10]")
+    if not 0 < tune.eval_crop_ratio <= 1:
+        raise ConfigError(f"config.finetune.eval_crop_ratio={tune.eval_crop_ratio} must lie in (0, 1]")
+    _best_metric(config, ("top1", "top5"))
+
+
+def _validate_depth(config: ConfigDict) -> None:
+    depth = config.depth
+    choice("config.data.kind (depth)", config.data.kind, DEPTH_KINDS)
+    if not 0 < depth.min_depth < depth.max_depth:
+        raise ConfigError(f"config.depth: need 0 < min_depth < max_depth, got {depth.min_depth} and {depth.max_depth}")
+    if not 0 <= depth.silog_lambda <= 1:
+        raise ConfigError(f"config.depth.silog_lambda={depth.silog_lambda} must lie in [0, 1]")
+    if depth.channels < 1 or depth.num_deconv < 0 or depth.eval_stride < 1:
+        raise ConfigError("config.depth: need channels >= 1, num_deconv >= 0 and eval_stride >= 1")
+    if is_mci(config.model.name) and config.model.batch_norm != "train":
+        # The head's BatchNorms train on batch statistics, and an MCi tower's follow the same switch.
+        raise ConfigError(
+            f"config.model.batch_norm={config.model.batch_norm!r}: depth finetuning trains an MCi tower's "
+            "BatchNorms with the head's; use 'train'"
+        )
+    _best_metric(config, DEPTH_METRICS)
 
 
 def _validate_eval(evaluation: ConfigDict) -> None:

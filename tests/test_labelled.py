@@ -80,18 +80,18 @@ def test_serialized_examples_parse_with_protobuf_and_back():
     np.testing.assert_allclose(parsed["scores"], [0.25, 3.0])
 
 
-def write_tfds(root, names, images, labels):
-    """`root/imagenet2012/5.1.0/` as TFDS prepares it: 2 array_record shards and the label file."""
+def write_tfds(root, names, images, labels, split="validation"):
+    """`root/imagenet2012/5.1.0/` as TFDS prepares it: 2 array_record shards of `split` and the label file."""
     directory = os.path.join(root, "imagenet2012", "5.1.0")
-    os.makedirs(directory)
+    os.makedirs(directory, exist_ok=True)
     with open(os.path.join(directory, "label.labels.txt"), "w") as f:
         f.write("\n".join(names) + "\n")
     half = len(images) // 2
     for shard, (start, stop) in enumerate([(0, half), (half, len(images))]):
-        path = os.path.join(directory, f"imagenet2012-validation.array_record-0000{shard}-of-00002")
+        path = os.path.join(directory, f"imagenet2012-{split}.array_record-0000{shard}-of-00002")
         writer = ArrayRecordWriter(path, "group_size:1")
         for i in range(start, stop):
-            record = {"image": [images[i]], "label": [labels[i]], "file_name": [f"val_{i}.JPEG".encode()]}
+            record = {"image": [images[i]], "label": [labels[i]], "file_name": [f"{split[:3]}_{i}.JPEG".encode()]}
             writer.write(serialize_example(record))
         writer.close()
     return directory

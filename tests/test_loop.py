@@ -18,7 +18,7 @@ from clipjax.data.pipeline import host_batches
 from clipjax.defaults import base_config
 from clipjax.errors import ConfigError, Preempted, UserError
 from clipjax.parallel import make_mesh
-from clipjax.train.loop import Task, train
+from clipjax.train.loop import Task, check_compatible, train
 from clipjax.train.metrics import read_metrics
 from clipjax.train.state import TrainState
 
@@ -205,3 +205,18 @@ def test_resuming_on_more_devices_reshards_the_state(tmp_path):
     summary = train(config, str(tmp_path / "moved"), make_mesh(config.mesh), toy_task(config, Samples()))
     assert summary["steps"] == 12
     np.testing.assert_allclose(final_params(tmp_path / "moved", 12), final_params(tmp_path / "whole", 12), rtol=1e-6)
+
+
+def test_resuming_may_change_drop_path_but_not_switch_the_weight_average(tmp_path):
+    saved = toy_config()
+    saved.optim.ema_decay = 0.0
+    config = toy_config()
+    config.model.drop_path = 0.2  # training noise only: a run may resume with another rate
+    check_compatible(saved.to_dict(), config, str(tmp_path))
+    config.optim.ema_decay = 0.999
+    with pytest.raises(ConfigError, match=r"config.optim.ema_decay was 0.0 .* is 0.999 now: the weight average"):
+        check_compatible(saved.to_dict(), config, str(tmp_path))
+    config.optim.ema_decay = 0.0
+    config.model.name = "vit_s16"
+    with pytest.raises(ConfigError, match="config.model.name was"):
+        check_compatible(saved.to_dict(), config, str(tmp_path))

@@ -1,13 +1,25 @@
-"""Learning-rate schedule, weight-decay mask and the AdamW update against hand-computed values."""
+"""Learning-rate schedule, weight-decay mask and the AdamW update against hand-computed values; the
+parameter EMA of TrainState against its recurrence, across skipped steps and through a checkpoint, and
+the checkpoint layout of a state without EMA."""
 
 import math
+import os
+from typing import Any
 
+import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
+import orbax.checkpoint as ocp
+import pytest
 from ml_collections import ConfigDict
 
+from clipjax.parallel import make_mesh
+from clipjax.train.loop import Task, train
 from clipjax.train.optim import global_norm, lr_schedule, make_optimizer, weight_decay_mask
+from clipjax.train.state import TrainState
+from tests.test_loop import Samples, toy_config, toy_task
 
 
 def optim_config(**overrides):
@@ -70,3 +82,106 @@ def test_zero_clip_norm_disables_clipping():
     updates, _ = tx.update({"w": jnp.array([30.0, -40.0])}, tx.init(params), params)
     np.testing.assert_allclose(updates["w"], [-1e-3, 1e-3], rtol=1e-4)
     assert jax.tree.structure(updates) == jax.tree.structure(params)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Parameter EMA in TrainState.apply_gradients
+
+
+def ema_state(ema: bool = True):
+    params = {"w": jnp.array([[1.0, -2.0], [0.5, 3.0]]), "b": jnp.array([0.25, -0.75])}
+    tx = make_optimizer(optim_config(warmup_steps=1, lr=0.1), total_steps=10)
+    return TrainState.create({"params": params}, tx, jax.random.PRNGKey(0), ema=ema), tx
+
+
+def test_ema_after_k_updates_is_the_recurrence_and_starts_as_a_copy():
+    state, tx = ema_state()
+    assert state.ema_params is not state.params
+    jax.tree.map(np.testing.assert_array_equal, state.ema_params, state.params)
+    step = jax.jit(lambda s, g: s.apply_gradients(g, jnp.float32(0.0), tx, ema_decay=0.9), donate_argnums=0)
+    ema = jax.tree.map(np.array, state.ema_params)
+    rng = np.random.default_rng(0)
+    for _ in range(4):
+        grads = jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape), jnp.float32), state.params)
+        state, _ = step(state, grads)
+        new = jax.tree.map(np.array, state.params)
+        ema = jax.tree.map(lambda e, p: np.float32(0.9) * e + np.float32(0.1) * p, ema, new)
+    assert int(state.step) == 4
+    for name in ("w", "b"):
+        assert state.ema_params[name].dtype == jnp.float32
+        np.testing.assert_allclose(state.ema_params[name], ema[name], rtol=1e-6)
+        assert not np.allclose(state.ema_params[name], state.params[name])  # it lags the parameters
+    assert state.ema_variables == {"params": state.ema_params}
+
+
+def test_a_non_finite_step_leaves_params_moments_and_ema_unchanged():
+    state, tx = ema_state()
+    step = jax.jit(lambda s, g, loss: s.apply_gradients(g, loss, tx, ema_decay=0.5))
+    state, _ = step(state, jax.tree.map(jnp.ones_like, state.params), jnp.float32(1.0))
+    before = jax.tree.map(np.array, state)
+    for grads, loss in (
+        ({"w": jnp.full((2, 2), jnp.nan), "b": jnp.zeros(2)}, jnp.float32(1.0)),
+        (jax.tree.map(jnp.ones_like, state.params), jnp.float32(jnp.inf)),
+    ):
+        after, metrics = step(state, grads, loss)
+        assert int(metrics["train/skipped_steps"]) == 1 and int(after.step) == int(state.step) + 1
+        for kept in ("params", "opt_state", "ema_params"):
+            jax.tree.map(np.testing.assert_array_equal, getattr(after, kept), getattr(before, kept))
+
+
+def test_ema_off_keeps_ema_params_none():
+    state, tx = ema_state(ema=False)
+    leaves = len(jax.tree.leaves(state))
+    state, _ = jax.jit(lambda s: s.apply_gradients(s.params, jnp.float32(0.0), tx, ema_decay=0.9))(state)
+    assert state.ema_params is None and len(jax.tree.leaves(state)) == leaves
+    with pytest.raises(ValueError, match="keeps no parameter EMA"):
+        state.ema_variables  # noqa: B018
+
+
+def test_the_ema_is_checkpointed_and_a_resumed_run_ends_with_the_same_average(tmp_path):
+    def run(workdir, total_steps):
+        config = toy_config(total_steps=total_steps)
+        tx = optax.sgd(0.01)
+
+        def init_state(rng):
+            return TrainState.create({"params": {"w": jnp.zeros(4)}}, tx, rng, ema=True)
+
+        def train_step(state, batch):
+            loss, grads = jax.value_and_grad(lambda p: jnp.mean((p["w"] - batch["x"]) ** 2))(state.params)
+            return state.apply_gradients(grads, loss, tx, ema_decay=0.8)
+
+        task = Task(init_state, train_step, toy_task(config, Samples()).dataset, lambda variables: {}, 4)
+        train(config, str(workdir), make_mesh(config.mesh, jax.devices()[:1]), task)
+        path = os.path.join(os.path.abspath(workdir), "checkpoints", str(total_steps), "state")
+        return ocp.StandardCheckpointer().restore(path)
+
+    whole = run(tmp_path / "whole", 9)
+    run(tmp_path / "cut", 6)
+    resumed = run(tmp_path / "cut", 9)
+    assert not np.allclose(whole["ema_params"]["w"], whole["params"]["w"])
+    np.testing.assert_array_equal(resumed["ema_params"]["w"], whole["ema_params"]["w"])
+    np.testing.assert_array_equal(resumed["params"]["w"], whole["params"]["w"])
+
+
+def test_without_ema_the_checkpoint_layout_is_the_one_before_the_field_existed(tmp_path):
+    @flax.struct.dataclass
+    class OldTrainState:  # TrainState as it was before ema_params
+        step: jax.Array
+        params: Any
+        opt_state: Any
+        model_state: Any
+        rng: jax.Array
+        skipped_steps: jax.Array
+        bad_streak: jax.Array
+
+    state, _ = ema_state(ema=False)
+    old = OldTrainState(**{name: getattr(state, name) for name in OldTrainState.__dataclass_fields__})
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save(tmp_path / "old", old)
+    checkpointer.wait_until_finished()
+    target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), state)
+    restored = checkpointer.restore(tmp_path / "old", target)
+    assert isinstance(restored, TrainState) and restored.ema_params is None
+    jax.tree.map(np.testing.assert_array_equal, restored, state)
+    paths = [jax.tree_util.keystr(path) for path, _ in jax.tree_util.tree_flatten_with_path(state)[0]]
+    assert paths == [jax.tree_util.keystr(path) for path, _ in jax.tree_util.tree_flatten_with_path(old)[0]]

@@ -4,6 +4,7 @@ import contextlib
 import io
 import json
 import os
+import shutil
 
 import pytest
 
@@ -26,10 +27,8 @@ def run_cli(repo_root, workdir, *extra):
 
 
 @pytest.fixture(scope="module")
-def smoke_run(repo_root, tmp_path_factory):
-    workdir = str(tmp_path_factory.mktemp("smoke"))
-    status, stdout = run_cli(repo_root, workdir)
-    return workdir, status, stdout
+def smoke_run(smoke_pretraining):
+    return smoke_pretraining
 
 
 def test_smoke_run_finishes_and_prints_a_summary(smoke_run):
@@ -64,8 +63,10 @@ def test_smoke_run_lowers_the_loss_and_beats_chance(smoke_run):
     assert final["eval/zeroshot_top1"] > 0.15
 
 
-def test_rerunning_the_command_resumes_from_the_checkpoint(repo_root, smoke_run):
-    workdir, _, _ = smoke_run
+def test_rerunning_the_command_resumes_from_the_checkpoint(repo_root, smoke_run, tmp_path):
+    # A copy: other modules start finetuning from the shared smoke run's weights.
+    workdir = str(tmp_path / "smoke")
+    shutil.copytree(smoke_run[0], workdir)
     before = read_metrics(workdir)
     status, stdout = run_cli(repo_root, workdir, "--config.total_steps=275")
     assert status == 0 and "steps                    275" in stdout

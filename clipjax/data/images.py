@@ -159,14 +159,15 @@ def random_resized_crop(
     return np.ascontiguousarray(out)
 
 
-def center_crop(pixels: np.ndarray, size: int) -> np.ndarray:
-    """Evaluation view: the central square of uint8 [H, W, 3] pixels, resized to size x size (the same
-    pixels as resizing the shorter side to `size`, then cutting the centre).
+def center_crop(pixels: np.ndarray, size: int, ratio: float = 1.0) -> np.ndarray:
+    """Evaluation view: the central square of uint8 [H, W, 3] pixels, `ratio` of the shorter side wide,
+    resized to size x size (the same pixels as resizing the shorter side to `size / ratio`, then cutting
+    the centre; ImageNet evaluation uses ratio 0.875).
 
     Returns:
       uint8 [size, size, 3].
     """
     height, width = pixels.shape[:2]
-    side = min(width, height)
+    side = max(1, round(min(width, height) * ratio))
     left, top = (width - side) // 2, (height - side) // 2
     return resize_region(pixels, (left, top, left + side, top + side), size)

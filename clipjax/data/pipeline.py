@@ -18,7 +18,7 @@ from clipjax.errors import ConfigError, UserError
 from clipjax.tokenizer import tokenize
 
 CAPTION_POLICIES = ("real", "synthetic", "mixed", "both")
-DATA_KINDS = ("synthetic", "webdataset", "tfds", "folder")
+DATA_KINDS = ("synthetic", "webdataset", "tfds", "folder", "nyu")
 PRETRAIN_KINDS = ("synthetic", "webdataset")  # tfds and folder hold labelled images, not captions
 # A run whose data yields nothing usable must stop with a reason instead of reading forever.
 MAX_SKIPPED_IN_A_ROW = 10_000
@@ -195,9 +195,29 @@ def pretrain_dataset(
 ) -> grain.IterDataset:
     """This host's image-text batches from `pretrain_source(config)` (see `host_batches`):
     {"image": uint8 [b, S, S, 3], "text": int32 [b, L] (, "text_synthetic": int32 [b, L]), "__skipped__"}."""
-    return host_batches(
+    return configured_batches(
+        config,
         source,
         pretrain_transform(config),
+        process_index=process_index,
+        process_count=process_count,
+        start_sample=start_sample,
+    )
+
+
+def configured_batches(
+    config: ConfigDict,
+    source: Any,
+    transform: Callable[[Any, np.random.Generator], Any],
+    *,
+    process_index: int,
+    process_count: int,
+    start_sample: int = 0,
+) -> grain.IterDataset:
+    """`host_batches` with the seed, global batch size, threads and worker processes `config` sets."""
+    return host_batches(
+        source,
+        transform,
         seed=config.seed,
         batch_size=config.batch_size,
         process_index=process_index,

@@ -6,8 +6,16 @@ each batch carries the counts under the same key, and the train loop logs them a
 
 SKIPPED = "__skipped__"
 # Every reason a record can be dropped for, fixed so that hosts can sum their counts position by position.
-# What each means: clipjax/data/datacomp.py.
-SKIP_REASONS = ("missing_image", "empty_member", "corrupt_image", "missing_caption", "bad_text", "missing_synthetic")
+# What each means: clipjax/data/datacomp.py and clipjax/data/depth.py (corrupt_depth).
+SKIP_REASONS = (
+    "missing_image",
+    "empty_member",
+    "corrupt_image",
+    "missing_caption",
+    "bad_text",
+    "missing_synthetic",
+    "corrupt_depth",
+)
 
 
 def skipped(reason: str) -> dict[str, str]:

@@ -78,9 +78,12 @@ def eval_batches(
         yield put_batch(host_batch, sharding)
 
 
-def labelled_image_loader(image_size: int) -> Callable[[dict[str, Any]], dict[str, np.ndarray]]:
+def labelled_image_loader(
+    image_size: int, crop_ratio: float = 1.0
+) -> Callable[[dict[str, Any]], dict[str, np.ndarray]]:
     """A `load` for labelled sources ({"image": bytes or uint8 array, "label": int, "name": str}):
-    encoded images are decoded to RGB, resized (shorter side) and centre-cropped to image_size.
+    encoded images are decoded to RGB, and their central square (`crop_ratio` of the shorter side) is
+    resized to image_size; arrays (synthetic scenes) are used as they are.
 
     Returns {"image": uint8 [image_size, image_size, 3], "label": int32 []}. A file that does not decode
     stops the evaluation with its name: an exact metric cannot skip examples.
@@ -89,19 +92,22 @@ def labelled_image_loader(image_size: int) -> Callable[[dict[str, Any]], dict[st
     def load(record: dict[str, Any]) -> dict[str, np.ndarray]:
         image = record["image"]
         if isinstance(image, bytes):
-            image = decode_for_eval(image, image_size, record.get("name", "?"))
+            image = decode_for_eval(image, image_size, record.get("name", "?"), crop_ratio)
         return {"image": np.asarray(image, np.uint8), "label": np.asarray(record["label"], np.int32)}
 
     return load
 
 
-def decode_for_eval(data: bytes, image_size: int, name: str) -> np.ndarray:
-    """Encoded image -> uint8 [image_size, image_size, 3], resized and centre-cropped.
+def decode_for_eval(data: bytes, image_size: int, name: str, crop_ratio: float = 1.0) -> np.ndarray:
+    """Encoded image -> uint8 [image_size, image_size, 3]: the central `crop_ratio` of the shorter side,
+    resized.
 
     Raises:
       UserError: naming the file, when it does not decode.
     """
     try:
-        return center_crop(decode_image(data, target=image_size), image_size)
+        # Decoding at reduced scale keeps the shorter side at least as long as the crop needs.
+        target = int(np.ceil(image_size / crop_ratio))
+        return center_crop(decode_image(data, target=target), image_size, crop_ratio)
     except BadImage as e:
         raise UserError(f"evaluation image {name} cannot be decoded ({e}); fix or remove it") from None

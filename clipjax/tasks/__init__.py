@@ -1,5 +1,5 @@
 """Tasks: each is a `run(config, workdir, mesh) -> summary metrics` built on the shared train loop."""
 
-from clipjax.tasks import evaluate, pretrain
+from clipjax.tasks import depth, evaluate, finetune, pretrain
 
-TASKS = {"pretrain": pretrain.run, "evaluate": evaluate.run}
+TASKS = {"pretrain": pretrain.run, "evaluate": evaluate.run, "finetune": finetune.run, "depth": depth.run}

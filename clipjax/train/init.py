@@ -9,12 +9,17 @@ other model variables) are read without the optimizer state.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import os
+import shutil
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 from ml_collections import ConfigDict
 
 from clipjax.errors import ConfigError, UserError
@@ -120,3 +125,161 @@ def abstract_variables(model: Any, config: ConfigDict, sharding_of: Any) -> dict
     )
     shardings = sharding_of(shapes)
     return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
+
+
+def read_saved_variables(directory: str) -> dict[str, Any]:
+    """Every model variable saved in `directory` (a converted checkpoint or a training workdir's newest
+    checkpoint) as host numpy arrays, {"params": ..., other collections}, without reading optimizer state.
+
+    Raises:
+      ConfigError: `directory` holds neither (see `read_metadata`).
+    """
+    read_metadata(directory)  # names what is wrong with a directory that is neither
+    if os.path.isfile(os.path.join(directory, METADATA_FILE)):
+        path, collections = os.path.join(os.path.abspath(directory), "params"), None
+    else:
+        step = _latest_step(directory)
+        path = os.path.join(os.path.abspath(directory), "checkpoints", str(step), "state")
+        collections = ("params", "model_state")
+    with ocp.PyTreeCheckpointer() as checkpointer:
+        tree = checkpointer.metadata(path).item_metadata.tree
+        wanted = {key: value for key, value in tree.items() if collections is None or key in collections}
+        wanted = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), wanted)
+        restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), wanted)
+        restored = checkpointer.restore(
+            path, args=ocp.args.PyTreeRestore(item=wanted, restore_args=restore_args, partial_restore=True)
+        )
+    if collections is None:
+        return dict(restored)
+    return {"params": restored["params"], **(restored.get("model_state") or {})}
+
+
+@dataclasses.dataclass
+class InitReport:
+    """What `transplant` did: paths ("collection/a/b") loaded, loaded after resizing (ViT position
+    embeddings), newly initialised (in the model, not in the checkpoint) and skipped (saved, unused)."""
+
+    loaded: list[str]
+    resized: list[str]
+    initialised: list[str]
+    skipped: list[str]
+
+    def summary(self, source: str) -> str:
+        """A few lines for the log: counts, the new and resized arrays, and the skipped ones grouped."""
+        groups: dict[str, int] = {}
+        for path in self.skipped:
+            top = "/".join(path.split("/")[:2])
+            groups[top] = groups.get(top, 0) + 1
+        skipped = ", ".join(f"{top} ({n})" for top, n in sorted(groups.items())) or "none"
+        return "\n".join(
+            [
+                f"init from {source}: {len(self.loaded)} arrays loaded ({len(self.resized)} resized), "
+                f"{len(self.initialised)} newly initialised, {len(self.skipped)} saved arrays unused",
+                f"  newly initialised: {', '.join(self.initialised) or 'none'}",
+                f"  resized: {', '.join(self.resized) or 'none'}",
+                f"  unused: {skipped}",
+            ]
+        )
+
+
+def transplant(
+    target: dict[str, Any], saved: dict[str, Any], prefix: str = "image", also: tuple[str, ...] = ()
+) -> tuple[dict[str, Any], InitReport]:
+    """Copies the saved sub-tree `prefix` (e.g. a CLIP's image tower) into a new model's variables.
+
+    Args:
+      target: the new model's variables ({"params": ..., collections}): arrays, or anything with shape and
+        dtype; leaves that are not copied are returned as they are.
+      saved: `read_saved_variables(...)`.
+      prefix: the sub-tree (by its top-level name inside each collection) to copy; everything else in the
+        target keeps its initialisation.
+      also: more top-level sub-trees to copy where the checkpoint has them (e.g. a classifier's "fc_norm"
+        and "head" when continuing a finetuning with the same classes).
+
+    Returns:
+      (variables like `target` with the copied arrays as numpy arrays of the target's dtype, the report). A ViT position
+      embedding of another grid size is resized bicubically (its CLS row kept), as for finetuning at a new
+      resolution.
+
+    Raises:
+      ConfigError: a copied array's shape differs from the saved one in any other way, or nothing at all
+        could be copied (the checkpoint holds another architecture).
+    """
+    saved_flat = {_path(p): np.asarray(v) for p, v in jax.tree_util.tree_flatten_with_path(saved)[0]}
+    used: set[str] = set()
+    report = InitReport([], [], [], [])
+
+    def take(path_tuple: tuple, value: Any) -> Any:
+        path = _path(path_tuple)
+        inside = len(path.split("/")) > 1 and path.split("/")[1] in (prefix, *also)
+        if not inside or path not in saved_flat:
+            report.initialised.append(path)
+            return value
+        array, used_path = saved_flat[path], path
+        used.add(used_path)
+        if array.shape != tuple(value.shape):
+            if path.endswith("/pos_embed") and array.ndim == 2 and value.ndim == 2 and array.shape[1] == value.shape[1]:
+                array = _resize_position_embedding(array, value.shape[0])
+                report.resized.append(path)
+            else:
+                raise ConfigError(
+                    f"config.init: {path} has shape {array.shape} in the checkpoint but {tuple(value.shape)} in "
+                    "this model; finetune the architecture the checkpoint was trained with"
+                )
+        report.loaded.append(path)
+        return array.astype(value.dtype)
+
+    variables = jax.tree_util.tree_map_with_path(take, target)
+    report.skipped = sorted(set(saved_flat) - used)
+    if not report.loaded:
+        raise ConfigError(f"config.init: the checkpoint holds no {prefix!r} arrays that this model has")
+    return variables, report
+
+
+def _path(path: tuple) -> str:
+    return "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
+
+
+def _resize_position_embedding(table: np.ndarray, tokens: int) -> np.ndarray:
+    """float [1 + g * g, w] -> [tokens, w]: the CLS row kept, the g x g grid resized bicubically."""
+    old, new = int(round(math.sqrt(table.shape[0] - 1))), int(round(math.sqrt(tokens - 1)))
+    if old * old != table.shape[0] - 1 or new * new != tokens - 1:
+        raise ConfigError(f"config.init: cannot resize a position embedding of {table.shape[0]} rows to {tokens}")
+    grid = table[1:].reshape(old, old, -1).astype(np.float32)
+    resized = np.asarray(jax.image.resize(grid, (new, new, grid.shape[-1]), "bicubic")).reshape(new * new, -1)
+    return np.concatenate([table[:1].astype(np.float32), resized], axis=0)
+
+
+def replace_saved(directory: str, variables: Any, model: ConfigDict, normalize: str, source: str, **extra: Any) -> None:
+    """Writes `variables` as a converted-style checkpoint at `directory`, replacing what was there only once
+    the new one is complete (written beside it, then swapped in), so a crash leaves one whole copy.
+
+    `extra` entries (e.g. step, metric, value, num_classes) are stored in its metadata; the towers are
+    recorded as ["image"] so that `config.init` can start a later finetuning from it.
+    """
+    directory = os.path.abspath(directory)
+    fresh, stale = directory + ".new", directory + ".old"
+    primary = jax.process_index() == 0  # every host writes its shards; one moves the files
+
+    def barrier(name: str) -> None:
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices(f"clipjax replace_saved {name}")
+
+    if primary:
+        for leftover in (fresh, stale):
+            if os.path.exists(leftover):
+                shutil.rmtree(leftover)
+    barrier("cleared")
+    save_converted(fresh, variables, model, normalize, source, towers=("image",))
+    if primary:
+        metadata_path = os.path.join(fresh, METADATA_FILE)
+        with open(metadata_path, encoding="utf-8") as f:
+            metadata = json.load(f)
+        with open(metadata_path, "w", encoding="utf-8") as f:
+            json.dump({**metadata, **extra}, f, indent=2, sort_keys=True)
+        if os.path.exists(directory):
+            os.replace(directory, stale)
+        os.replace(fresh, directory)
+        if os.path.exists(stale):
+            shutil.rmtree(stale)
+    barrier("replaced")

@@ -38,10 +38,11 @@ from clipjax.train.state import TrainState
 
 Metrics = dict[str, Any]
 
-# Config keys a run cannot change and still continue its checkpoints (model.dtype and model.remat only
-# change how the same function is computed, so they may change).
+# Config keys a run cannot change and still continue its checkpoints (model.dtype, model.remat and
+# model.attention only change how the same function is computed, model.drop_path only its training noise,
+# so they may change). Turning the weight average (optim.ema_decay) on or off changes the state's arrays.
 INCOMPATIBLE_KEYS = ("task", "seed", "model", "loss.kind")
-COMPATIBLE_MODEL_KEYS = ("model.dtype", "model.remat")
+COMPATIBLE_MODEL_KEYS = ("model.dtype", "model.remat", "model.attention", "model.drop_path")
 # How a logging window reduces each metric; everything else is averaged.
 WINDOW_REDUCTIONS = {"train/skipped_steps": "last", "train/bad_streak": "max"}
 
@@ -58,6 +59,12 @@ class Task:
     evaluate: model variables ({"params": ..., ...}) -> metrics (e.g. {"eval/zeroshot_top1": 0.6}); run every
       eval_every steps and at the end.
     examples_per_step: global examples per step, for the throughput metric named `throughput_key`.
+    after_init: TrainState -> TrainState, applied once to a fresh state (not on resume), e.g. to load
+      pretrained weights into it.
+    on_evaluated: (step, state, metrics) -> None after each evaluation, on every host, e.g. to keep the
+      best weights.
+    With an EMA of the parameters in the state, evaluations also run on the averaged weights, their
+    metrics named eval_ema/... beside eval/....
     """
 
     init_state: Callable[[jax.Array], TrainState]
@@ -66,6 +73,8 @@ class Task:
     evaluate: Callable[[Any], Metrics]
     examples_per_step: int
     throughput_key: str = "train/pairs_per_s"
+    after_init: Callable[[TrainState], TrainState] | None = None
+    on_evaluated: Callable[[int, TrainState, Metrics], None] | None = None
 
 
 def shard_functions(
@@ -132,6 +141,12 @@ def check_compatible(saved: dict[str, Any], config: ConfigDict, directory: str) 
                 f"config.{key} was {old.get(key)!r} when the checkpoints in {directory} were written and is "
                 f"{new.get(key)!r} now; resuming would mix two runs: restore the old value or use a new --workdir"
             )
+    if (old.get("optim.ema_decay", 0.0) > 0) != (new.get("optim.ema_decay", 0.0) > 0):
+        raise ConfigError(
+            f"config.optim.ema_decay was {old.get('optim.ema_decay', 0.0)!r} when the checkpoints in {directory} "
+            f"were written and is {new.get('optim.ema_decay')!r} now: the weight average cannot be turned on or off "
+            "mid-run; restore the old value or use a new --workdir"
+        )
 
 
 def check_shapes(saved: dict[str, tuple], expected: dict[str, tuple], step: int, directory: str) -> None:
@@ -224,7 +239,7 @@ def train(config: ConfigDict, workdir: str, mesh: Mesh, task: Task) -> Metrics:
                     window_start, paused = time.perf_counter(), 0.0
                 pause_start = time.perf_counter()
                 if config.eval_every and done % config.eval_every == 0 and done != config.total_steps:
-                    writer.write(done, task.evaluate(state.variables))
+                    writer.write(done, _evaluate(task, state, done))
                 # Every host must stop at the same step (the save is collective); agreeing costs a host
                 # sync, so a multi-host job checks every stop_check_every steps.
                 stop = guard.requested
@@ -249,7 +264,7 @@ def train(config: ConfigDict, workdir: str, mesh: Mesh, task: Task) -> Metrics:
                     )
                 paused += time.perf_counter() - pause_start
             progress.close()
-            summary = task.evaluate(state.variables)
+            summary = _evaluate(task, state, int(state.step))
             if start < config.total_steps:  # a finished run re-run only reports; its log already has this row
                 writer.write(int(state.step), summary)
             checkpointer.wait()
@@ -273,7 +288,10 @@ def _init_or_resume(
 ) -> tuple[TrainState, grain.DatasetIterator, dict[str, Any]]:
     """A fresh state and data stream, or both restored from checkpoint `step`; plus the carried loop state."""
     if step is None:
-        return init_fn(jax.random.PRNGKey(config.seed)), iter(task.dataset(0)), {"samples_seen": 0, "window": []}
+        state = init_fn(jax.random.PRNGKey(config.seed))
+        if task.after_init is not None:
+            state = task.after_init(state)
+        return state, iter(task.dataset(0)), {"samples_seen": 0, "window": []}
     carried = checkpointer.loop_state(step)
     check_compatible(carried["config"], config, checkpointer.directory)
     check_shapes(checkpointer.saved_shapes(step), abstract_shapes(target), step, checkpointer.directory)
@@ -293,6 +311,17 @@ def _init_or_resume(
                 flush=True,
             )
     return state, data_iterator, carried
+
+
+def _evaluate(task: Task, state: TrainState, step: int) -> Metrics:
+    """The task's evaluation of the state's weights, and of their moving average when the state keeps one."""
+    metrics = dict(task.evaluate(state.variables))
+    if getattr(state, "ema_params", None) is not None:
+        averaged = task.evaluate(state.ema_variables)
+        metrics.update({key.replace("eval/", "eval_ema/", 1): value for key, value in averaged.items()})
+    if task.on_evaluated is not None:
+        task.on_evaluated(step, state, metrics)
+    return metrics
 
 
 def _host_window(window: list[Metrics], done: int, max_bad_steps: int, checkpointer: Checkpointer) -> list[Metrics]:

@@ -1,4 +1,5 @@
-"""Optimizer: AdamW with linear warmup and cosine decay, global-norm clipping, and a weight-decay mask."""
+"""Optimizer: AdamW with linear warmup and cosine decay, global-norm clipping, a weight-decay mask and, for
+finetuning, layer-wise learning-rate decay (see clipjax.train.layer_decay)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import jax
 import jax.numpy as jnp
 import optax
 from ml_collections import ConfigDict
+
+from clipjax.train.layer_decay import layer_lr_scales
 
 
 def lr_schedule(optim: ConfigDict, total_steps: int) -> optax.Schedule:
@@ -37,8 +40,37 @@ def weight_decay_mask(params: Any) -> Any:
     return jax.tree.map(lambda p: p.ndim >= 2, params)
 
 
-def make_optimizer(optim: ConfigDict, total_steps: int) -> optax.GradientTransformation:
-    """Clip by global norm (if grad_clip_norm > 0), then AdamW with the schedule and the decay mask."""
+def scale_by_tree(scales: Any) -> optax.GradientTransformation:
+    """Multiplies each update leaf by the matching leaf of `scales` (a fixed pytree of scalars with the
+    structure of the parameters); stateless. Updates keep their dtype."""
+
+    def scale(updates: Any, params: Any = None) -> Any:
+        del params
+        return jax.tree.map(lambda u, s: (u * s).astype(u.dtype), updates, scales)
+
+    return optax.stateless(scale)
+
+
+def make_optimizer(optim: ConfigDict, total_steps: int, params: Any = None) -> optax.GradientTransformation:
+    """Clip by global norm (if grad_clip_norm > 0), then AdamW with the schedule and the decay mask, then, if
+    `optim.layer_decay` != 1 and `params` is given, layer-wise lr decay.
+
+    Layer decay multiplies each parameter's AdamW update (the Adam step and the decoupled weight decay, both
+    already times the scheduled lr) by decay ** (L + 1 - layer): per-parameter lr = lr * scale, and since
+    AdamW decays by lr * wd, the decay is scaled alike, as MAE's per-layer param groups do. Adam's moments
+    do not depend on the lr, so the scale can come last. A config without `layer_decay` means 1.0.
+
+    Args:
+      optim: config.optim (lr, warmup_steps, min_lr_ratio, weight_decay, b1, b2, eps, grad_clip_norm and
+        optionally layer_decay).
+      total_steps: the schedule's length.
+      params: the parameter pytree the optimizer will update (arrays or ShapeDtypeStructs: only its paths
+        are read), with the image tower under "image"; needed for layer decay, ignored without it. The
+        updates must have exactly this tree structure (dict vs FrozenDict matters).
+
+    Raises:
+      ValueError: layer decay is on and `params` has no recognisable image tower.
+    """
     adamw = optax.adamw(
         learning_rate=lr_schedule(optim, total_steps),
         b1=optim.b1,
@@ -47,6 +79,12 @@ def make_optimizer(optim: ConfigDict, total_steps: int) -> optax.GradientTransfo
         weight_decay=optim.weight_decay,
         mask=weight_decay_mask,
     )
+    steps = [adamw]
+    layer_decay = optim.get("layer_decay", 1.0)
+    if layer_decay != 1.0 and params is not None:
+        steps.append(scale_by_tree(layer_lr_scales(params, layer_decay)))
     if optim.grad_clip_norm > 0:
-        return optax.chain(optax.clip_by_global_norm(optim.grad_clip_norm), adamw)
-    return adamw
+        # Clipping first: the norm is of the raw gradients, as without layer decay.
+        steps.insert(0, optax.clip_by_global_norm(optim.grad_clip_norm))
+    # A single transform stays unwrapped so the optimizer state of existing runs keeps its structure.
+    return steps[0] if len(steps) == 1 else optax.chain(*steps)

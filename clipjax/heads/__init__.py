@@ -1,0 +1,1 @@
+"""Task heads on pretrained towers: classification and depth (finetuning); segmentation and detection to come."""

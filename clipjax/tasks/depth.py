@@ -1,0 +1,107 @@
+"""Monocular depth finetuning (NYUv2, the synthetic scenes' depth maps) with the MIM-depth head.
+
+`config.init` names the weights (a converted checkpoint, a pretraining or a finetuning workdir); their image
+tower is copied into the depth estimator with a report (clipjax/train/transfer.py), the head starts fresh
+unless the weights were finetuned for depth already. Without `config.init`: random initialisation.
+
+The step: the scale-invariant log loss (SiLog, lambda config.depth.silog_lambda) on the pixels with ground
+truth, drop path in the tower, AdamW with layer-wise learning-rate decay, BatchNorms (head, and an MCi
+tower's) on the global batch's statistics. Evaluation every `eval_every` steps: whole images in windows of
+the model's size, flip test, Eigen crop, exact per-image averages of rmse, abs_rel, ... over the split;
+the best weights (config.finetune.best_metric, default eval/rmse) are kept in <workdir>/best.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import optax
+from jax.sharding import Mesh
+from ml_collections import ConfigDict
+
+from clipjax.data.depth import depth_dataset, depth_source
+from clipjax.data.transforms import normalize_images
+from clipjax.evals.depth import DepthEvaluator
+from clipjax.heads.depth import DepthEstimator, build_depth_estimator
+from clipjax.losses.depth import silog_loss
+from clipjax.train.init import read_metadata
+from clipjax.train.loop import Metrics, train
+from clipjax.train.optim import global_norm, lr_schedule
+from clipjax.train.state import TrainState
+from clipjax.train.transfer import finetuning_task, model_config_from_init, optimizer_and_init
+
+DEFAULT_BEST_METRIC = "eval/rmse"
+
+
+def make_depth_step(model: DepthEstimator, tx: optax.GradientTransformation, config: ConfigDict):
+    """(state, batch) -> (state, metrics): one AdamW step on the SiLog loss of the batch's valid pixels.
+
+    batch: image uint8 [B, S, S, 3], depth float32 [B, S, S] metres (0 where there is no ground truth).
+    Drop path draws from the state's rng and step, so a resumed run draws what an uninterrupted one would.
+    """
+    schedule = lr_schedule(config.optim, config.total_steps)
+    depth_config = config.depth
+
+    def loss_fn(params: Any, model_state: Any, images: jax.Array, target: jax.Array, rng: jax.Array):
+        variables = {"params": params, **model_state}
+        pred, updates = model.apply(variables, images, train=True, rngs={"dropout": rng}, mutable=["batch_stats"])
+        valid = (target > depth_config.min_depth) & (target < depth_config.max_depth)
+        return silog_loss(pred, target, valid, depth_config.silog_lambda), {**model_state, **updates}
+
+    def train_step(state: TrainState, batch: dict[str, jax.Array]) -> tuple[TrainState, Metrics]:
+        drop_rng = jax.random.fold_in(state.rng, state.step)
+        images = normalize_images(batch["image"], config.data.normalize)
+        (loss, model_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state.params, state.model_state, images, batch["depth"], drop_rng
+        )
+        new_state, guard = state.apply_gradients(
+            grads, loss, tx, model_state=model_state, ema_decay=config.optim.ema_decay
+        )
+        metrics = {"train/loss": loss, "train/lr": schedule(state.step), "train/grad_norm": global_norm(grads), **guard}
+        return new_state, metrics
+
+    return train_step
+
+
+def run(config: ConfigDict, workdir: str, mesh: Mesh) -> Metrics:
+    """Finetunes the depth estimator as `config` says, in `workdir` (resuming if it holds checkpoints)."""
+    config.model, config.data.normalize, origin = model_config_from_init(config)
+    train_source = depth_source(config, "train")
+    eval_source = depth_source(config, "eval")
+    depth_config = config.depth
+    model = build_depth_estimator(config.model, depth_config.max_depth, depth_config.channels, depth_config.num_deconv)
+    size = config.model.image_size
+    tx, init_state = optimizer_and_init(config, model)
+    if jax.process_index() == 0:
+        print(f"depth finetuning of {config.model.name} on {size} px crops from {origin}", flush=True)
+
+    finetuned_for_depth = config.init is not None and read_metadata(config.init).get("task") == "depth"
+    evaluator = DepthEvaluator(
+        model,
+        mesh,
+        eval_source,
+        normalize=config.data.normalize,
+        window=size,
+        stride=depth_config.eval_stride,
+        batch_size=config.finetune.eval_batch_size,
+        num_examples=config.finetune.eval_examples,
+        num_threads=config.eval.num_threads,
+        flip_test=depth_config.flip_test,
+        eigen=depth_config.eigen_crop,
+        min_depth=depth_config.min_depth,
+        max_depth=depth_config.max_depth,
+    )
+    task = finetuning_task(
+        config,
+        workdir,
+        init_state=init_state,
+        train_step=make_depth_step(model, tx, config),
+        make_dataset=depth_dataset,
+        train_source=train_source,
+        evaluate=evaluator,
+        keep_head=finetuned_for_depth,  # weights finetuned for depth already hand over their head too
+        best_metric=config.finetune.best_metric or DEFAULT_BEST_METRIC,
+        task="depth",
+    )
+    return train(config, workdir, mesh, task)

@@ -1,0 +1,133 @@
+"""Finetuning a classifier on a pretrained image tower (ImageNet-1k and the synthetic scenes' classes).
+
+`config.init` names the weights (a converted checkpoint or a pretraining / finetuning workdir); its image
+tower is copied into the classifier and a report says what was loaded, resized, skipped and newly
+initialised (printed, and written to <workdir>/init_report.json). Without `config.init` the classifier
+starts from random weights: the supervised-from-scratch baseline. The architecture comes from the weights
+(only image_size, dtype, remat, attention, drop_path and batch_norm are taken from `config.model`), as does
+the image normalisation.
+
+The step: mixup / cutmix with label smoothing on the device, soft-target cross-entropy, drop path, AdamW
+with layer-wise learning-rate decay, an optional EMA of the weights. Evaluation: exact top-1 / top-5 over
+the evaluation split every `eval_every` steps (and of the EMA weights, as eval_ema/...); the weights with
+the best `config.finetune.best_metric` so far are kept in <workdir>/best (a `config.init` directory).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import optax
+from jax.sharding import Mesh
+from ml_collections import ConfigDict
+
+from clipjax.data.classification import classification_source, finetune_dataset
+from clipjax.data.mixup import mix_batch
+from clipjax.data.transforms import normalize_images
+from clipjax.errors import ConfigError
+from clipjax.evals.batches import labelled_image_loader
+from clipjax.evals.classification import ClassificationEvaluator
+from clipjax.heads.classification import ImageClassifier, build_classifier
+from clipjax.losses.classification import soft_cross_entropy
+from clipjax.train.init import read_metadata
+from clipjax.train.loop import Metrics, train
+from clipjax.train.optim import global_norm, lr_schedule
+from clipjax.train.state import TrainState
+from clipjax.train.transfer import finetuning_task, model_config_from_init, optimizer_and_init
+
+DEFAULT_BEST_METRIC = "eval/top1"
+
+
+def make_finetune_step(model: ImageClassifier, tx: optax.GradientTransformation, config: ConfigDict, num_classes: int):
+    """(state, batch) -> (state, metrics): one AdamW step on the mixed batch's soft-target cross-entropy.
+
+    batch: image uint8 [B, S, S, 3], label int32 [B]. Randomness (mixing, drop path) derives from the state's
+    rng and step, so a resumed run draws what an uninterrupted one would.
+    """
+    tune = config.finetune
+    schedule = lr_schedule(config.optim, config.total_steps)
+    train_batch_norm = config.model.batch_norm == "train"
+
+    def loss_fn(params: Any, model_state: Any, images: jax.Array, targets: jax.Array, rng: jax.Array):
+        variables = {"params": params, **model_state}
+        if "batch_stats" in model_state and train_batch_norm:
+            logits, updates = model.apply(variables, images, rngs={"dropout": rng}, mutable=["batch_stats"])
+            model_state = {**model_state, **updates}
+        else:
+            logits = model.apply(variables, images, rngs={"dropout": rng})
+        return soft_cross_entropy(logits, targets), model_state
+
+    def train_step(state: TrainState, batch: dict[str, jax.Array]) -> tuple[TrainState, Metrics]:
+        mix_rng, drop_rng = jax.random.split(jax.random.fold_in(state.rng, state.step))
+        images = normalize_images(batch["image"], config.data.normalize)
+        images, targets = mix_batch(
+            mix_rng,
+            images,
+            batch["label"],
+            num_classes,
+            mixup_alpha=tune.mixup_alpha,
+            cutmix_alpha=tune.cutmix_alpha,
+            switch_prob=tune.mix_switch_prob,
+            prob=tune.mix_prob,
+            label_smoothing=tune.label_smoothing,
+        )
+        (loss, model_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state.params, state.model_state, images, targets, drop_rng
+        )
+        new_state, guard = state.apply_gradients(
+            grads, loss, tx, model_state=model_state, ema_decay=config.optim.ema_decay
+        )
+        metrics = {
+            "train/loss": loss,
+            "train/lr": schedule(state.step),
+            "train/grad_norm": global_norm(grads),
+            **guard,
+        }
+        return new_state, metrics
+
+    return train_step
+
+
+def run(config: ConfigDict, workdir: str, mesh: Mesh) -> Metrics:
+    """Finetunes the classifier as `config` says, in `workdir` (resuming if it holds checkpoints)."""
+    config.model, config.data.normalize, origin = model_config_from_init(config)
+    train_source = classification_source(config, "train")
+    eval_source = classification_source(config, "eval")
+    tune = config.finetune
+    num_classes = tune.num_classes or len(train_source.classes)
+    if not num_classes:
+        raise ConfigError("config.finetune.num_classes is unset and the training data names no classes")
+    model = build_classifier(config.model, num_classes, tune.pool, tune.head_init_std)
+    size = config.model.image_size
+    tx, init_state = optimizer_and_init(config, model)
+    if jax.process_index() == 0:
+        print(f"finetuning {config.model.name} at {size} px for {num_classes} classes from {origin}", flush=True)
+
+    # A classifier finetuned for the same classes also hands over its head.
+    same_head = config.init is not None and read_metadata(config.init).get("num_classes") == num_classes
+
+    evaluator = ClassificationEvaluator(
+        model,
+        mesh,
+        eval_source,
+        labelled_image_loader(size, tune.eval_crop_ratio),
+        normalize=config.data.normalize,
+        batch_size=tune.eval_batch_size,
+        num_examples=tune.eval_examples,
+        num_threads=config.eval.num_threads,
+    )
+    task = finetuning_task(
+        config,
+        workdir,
+        init_state=init_state,
+        train_step=make_finetune_step(model, tx, config, num_classes),
+        make_dataset=finetune_dataset,
+        train_source=train_source,
+        evaluate=evaluator,
+        keep_head=same_head,
+        best_metric=tune.best_metric or DEFAULT_BEST_METRIC,
+        num_classes=num_classes,
+        task="finetune",
+    )
+    return train(config, workdir, mesh, task)

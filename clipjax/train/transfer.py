@@ -1,0 +1,171 @@
+"""What every finetuning task shares: the model config of the weights it starts from, loading their image
+tower into a fresh train state (with a report), and keeping the best weights seen by evaluation.
+
+Classification (clipjax/tasks/finetune.py) and dense tasks (depth, segmentation, detection) build a model
+whose image tower is the submodule "image", so a CLIP checkpoint's tower lands at params["image"] and the
+task's head starts fresh (or comes along from a checkpoint finetuned for the same task and outputs).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from ml_collections import ConfigDict
+
+from clipjax.config import merge_onto_defaults
+from clipjax.errors import ConfigError
+from clipjax.train.init import METADATA_FILE, read_metadata, read_saved_variables, replace_saved, transplant
+from clipjax.train.loop import Metrics, Task
+from clipjax.train.optim import make_optimizer
+from clipjax.train.state import TrainState
+
+# Model keys a finetuning run may set differently from the pretrained weights: how the same tower is computed
+# and regularised, and the input resolution (ViT position embeddings are resized to it).
+FINETUNE_MODEL_KEYS = ("image_size", "dtype", "remat", "attention", "drop_path", "batch_norm")
+# Metrics (by their name after the prefix) for which a smaller value is better: errors, not accuracies.
+LOWER_IS_BETTER = ("rmse", "abs_rel", "sq_rel", "rmse_log", "log10", "loss")
+
+
+def model_config_from_init(config: ConfigDict) -> tuple[ConfigDict, str, str]:
+    """(config.model, normalisation, description) for the run: the architecture of `config.init`'s
+    weights with this config's FINETUNE_MODEL_KEYS, or `config.model` itself for a random start."""
+    if config.init is None:
+        return config.model, config.data.normalize, "random initialisation"
+    saved = read_metadata(config.init)
+    model = merge_onto_defaults(ConfigDict({"model": saved["model"]})).model
+    for key in FINETUNE_MODEL_KEYS:
+        model[key] = config.model[key]
+    return model, saved["normalize"], saved["source"]
+
+
+def pretrained_loader(config: ConfigDict, workdir: str, keep_head: bool = False) -> Callable[[TrainState], TrainState]:
+    """TrainState -> TrainState that copies `config.init`'s image tower into a fresh state, for
+    `Task.after_init`; with `keep_head` also every other top-level sub-tree the weights have (the head of a
+    model finetuned for the same task and outputs).
+
+    The report of what was loaded, resized, skipped and newly initialised is printed and written to
+    <workdir>/init_report.json. The EMA, when kept, starts from the loaded weights. Identity without
+    `config.init`.
+    """
+
+    def load(state: TrainState) -> TrainState:
+        if config.init is None:
+            return state
+        also = tuple(name for name in state.params if name != "image") if keep_head else ()
+        loaded, report = transplant(state.variables, read_saved_variables(config.init), also=also)
+        placed = jax.tree.map(
+            lambda new, old: jax.device_put(new, old.sharding) if isinstance(new, np.ndarray) else new,
+            loaded,
+            state.variables,
+        )
+        params = placed.pop("params")
+        if jax.process_index() == 0:
+            print(report.summary(config.init), flush=True)
+            with open(os.path.join(workdir, "init_report.json"), "w", encoding="utf-8") as f:
+                json.dump({"source": config.init, **report.__dict__}, f, indent=2)
+        ema = jax.tree.map(jnp.copy, params) if state.ema_params is not None else None
+        return state.replace(params=params, model_state=placed, ema_params=ema)
+
+    return load
+
+
+def lower_is_better(metric: str) -> bool:
+    """Whether a smaller value of `metric` (e.g. "eval/rmse") is the better one."""
+    return metric.rsplit("/", 1)[-1] in LOWER_IS_BETTER
+
+
+class BestWeights:
+    """`on_evaluated` hook: keeps the weights of the best evaluation so far in <workdir>/best, a directory
+    `config.init` accepts; its metadata records the step, the metric and its value (read back on resume),
+    and `extra` (e.g. num_classes, task). The EMA weights are kept when the metric is an eval_ema/ one."""
+
+    def __init__(self, workdir: str, metric: str, model: ConfigDict, normalize: str, **extra: Any) -> None:
+        self.directory = os.path.join(workdir, "best")
+        self.metric, self.model, self.normalize, self.extra = metric, model, normalize, extra
+        self.sign = -1.0 if lower_is_better(metric) else 1.0  # compare sign * value, larger is better
+        self.best = -np.inf
+        saved = os.path.join(self.directory, METADATA_FILE)
+        if os.path.isfile(saved):
+            with open(saved, encoding="utf-8") as f:
+                value = json.load(f).get("value")
+            if value is not None:
+                self.best = self.sign * value
+
+    def __call__(self, step: int, state: TrainState, metrics: Metrics) -> None:
+        if self.metric not in metrics:
+            raise ConfigError(
+                f"config.finetune.best_metric={self.metric!r} is not among the evaluation's metrics "
+                f"({', '.join(sorted(metrics))})"
+            )
+        value = float(metrics[self.metric])
+        if not np.isfinite(value) or self.sign * value <= self.best:
+            return
+        self.best = self.sign * value
+        variables = state.ema_variables if self.metric.startswith("eval_ema/") else state.variables
+        replace_saved(
+            self.directory,
+            variables,
+            self.model,
+            self.normalize,
+            source=f"finetuned, step {step}, {self.metric} {value:.4f}",
+            step=step,
+            metric=self.metric,
+            value=value,
+            **self.extra,
+        )
+
+
+def optimizer_and_init(config: ConfigDict, model: nn.Module) -> tuple[optax.GradientTransformation, Callable]:
+    """(AdamW with `config.optim`'s layer-wise decay over `model`'s parameters, rng -> fresh TrainState for
+    `Task.init_state`, with an EMA when config.optim.ema_decay > 0). `model` takes images [1, S, S, 3]."""
+    size = config.model.image_size
+    abstract = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, size, size, 3)))
+    tx = make_optimizer(config.optim, config.total_steps, abstract["params"])
+
+    def init_state(rng: jax.Array) -> TrainState:
+        params_rng, state_rng = jax.random.split(rng)
+        variables = model.init(params_rng, jnp.zeros((1, size, size, 3)))
+        return TrainState.create(variables, tx, state_rng, ema=config.optim.ema_decay > 0)
+
+    return tx, init_state
+
+
+def finetuning_task(
+    config: ConfigDict,
+    workdir: str,
+    *,
+    init_state: Callable[[jax.Array], TrainState],
+    train_step: Callable,
+    make_dataset: Callable,
+    train_source: Any,
+    evaluate: Callable[[Any], Metrics],
+    keep_head: bool,
+    best_metric: str,
+    **metadata: Any,
+) -> Task:
+    """The loop's Task for a finetuning run: batches from `make_dataset(config, train_source, process_index=,
+    process_count=, start_sample=)`, config.init's tower (and its head, with `keep_head`) loaded into the
+    fresh state, the weights with the best `best_metric` kept in <workdir>/best with `metadata` (e.g. task)."""
+    return Task(
+        init_state=init_state,
+        train_step=train_step,
+        dataset=lambda start_sample: make_dataset(
+            config,
+            train_source,
+            process_index=jax.process_index(),
+            process_count=jax.process_count(),
+            start_sample=start_sample,
+        ),
+        evaluate=evaluate,
+        examples_per_step=config.batch_size,
+        throughput_key="train/images_per_s",
+        after_init=pretrained_loader(config, workdir, keep_head),
+        on_evaluated=BestWeights(workdir, best_metric, config.model, config.data.normalize, **metadata),
+    )
