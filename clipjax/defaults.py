@@ -43,7 +43,9 @@ def base_config() -> ConfigDict:
     c.model.image_size = 224
     c.model.embed_dim = 512  # shared image-text embedding width
     # Overrides of the image tower preset (None keeps the preset's value). pool: "cls" or "mean" (of the
-    # patch tokens); stem: "patch" (one strided conv, as CLIP) or "conv" (a small conv stack, Xiao et al.).
+    # patch tokens); stem: "patch" (one strided conv, as CLIP), "conv" (a small conv stack, Xiao et al.) or
+    # "mci" (MobileCLIP-B's conv stem with BatchNorm); layout: "clip" (OpenAI's ViT) or "timm" (timm's, as
+    # MobileCLIP-B: no ln_pre, no CLS position embedding, LayerNorm epsilon 1e-6, projection bias).
     c.model.image = ConfigDict(
         {
             "width": None,
@@ -53,6 +55,7 @@ def base_config() -> ConfigDict:
             "patch_size": None,
             "pool": "cls",
             "stem": "patch",
+            "layout": "clip",
         }
     )
     # Text tower: a preset plus overrides; the tokenizer pads/truncates captions to context_length.

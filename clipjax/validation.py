@@ -25,6 +25,7 @@ from clipjax.models.presets import (
     is_mci,
     text_tower_dims,
 )
+from clipjax.models.vit import VIT_LAYOUTS, VIT_STEMS
 from clipjax.parallel import mesh_shape
 from clipjax.tokenizer import VOCAB_SIZE
 
@@ -82,7 +83,8 @@ def _validate_model(model: ConfigDict) -> None:
     choice("config.model.remat", model.remat, ("none", *REMAT_POLICIES))
     choice("config.model.attention", model.attention, ATTENTION_IMPLEMENTATIONS)
     choice("config.model.image.pool", model.image.pool, ("cls", "mean"))
-    choice("config.model.image.stem", model.image.stem, ("patch", "conv"))
+    choice("config.model.image.stem", model.image.stem, VIT_STEMS)
+    choice("config.model.image.layout", model.image.layout, VIT_LAYOUTS)
     choice("config.model.batch_norm", model.batch_norm, ("train", "frozen"))
     # MCi encoders are convolutional: no ViT dims, and every stride-2 stage needs an even size.
     towers = [("text", text_tower_dims(model))] + ([] if is_mci(model.name) else [("image", image_tower_dims(model))])
@@ -104,6 +106,10 @@ def _validate_model(model: ConfigDict) -> None:
         raise ConfigError(
             f"config.model.image.stem='conv' needs a power-of-two patch size >= 4, got {patch}; "
             "set config.model.image.patch_size=16 or config.model.image.stem='patch'"
+        )
+    if model.image.stem == "mci" and patch != 16:
+        raise ConfigError(
+            f"config.model.image.stem='mci' (MobileCLIP-B's stem) makes 16x16 patches, got patch size {patch}"
         )
     if model.image_size % patch:
         what = f"{model.name}'s total stride" if is_mci(model.name) else "the patch size"

@@ -30,6 +30,10 @@ def reference(name):
     model = open_clip.create_model(name, pretrained=None).eval()
     with torch.no_grad():  # a non-default temperature, so the scale is really converted
         model.logit_scale.fill_(2.5)
+        for module in model.modules():  # BatchNorm statistics other than the defaults, so they are converted too
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.normal_(0.0, 0.1)
+                module.running_var.uniform_(0.5, 1.5)
     return model, {key: value.detach().numpy() for key, value in model.state_dict().items()}
 
 
@@ -46,7 +50,7 @@ def pixels(size, normalize="clip"):
     return np.asarray(normalize_images(np.stack(images), normalize))
 
 
-@pytest.mark.parametrize("name", ["ViT-B-32", "ViT-B-32-quickgelu", "MobileCLIP2-S0"])
+@pytest.mark.parametrize("name", ["ViT-B-32", "ViT-B-32-quickgelu", "MobileCLIP2-S0", "MobileCLIP-B"])
 def test_converted_open_clip_gives_open_clips_embeddings(name):
     torch_model, _, config, variables = converted(name)
     model = build_clip(config)
@@ -199,3 +203,23 @@ def test_a_timm_image_tower_converts_alone_and_is_refused_for_zero_shot(tmp_path
     evaluate = [f"--config={repo_root}/configs/evaluate.py", f"--config.init={weights}", f"--workdir={tmp_path}/e"]
     status = main([*evaluate, "--config.eval.zeroshot.kind=synthetic"])
     assert status == 2 and "holds an image tower only" in capsys.readouterr().err
+
+
+def test_mobileclip_b_settings_are_checked_and_older_configs_resume_as_clip_layout():
+    from clipjax.config import load_config
+    from clipjax.errors import ConfigError
+    from clipjax.train.loop import check_compatible
+    from clipjax.validation import validate
+
+    config = load_config("configs/demo.py", [("model.image.stem", "mci")])  # the demo's ViT has 8 px patches
+    with pytest.raises(ConfigError, match="stem='mci'.*16x16 patches, got patch size 8"):
+        validate(config, num_devices=8, process_count=1, tasks=("pretrain",))
+    config = load_config("configs/demo.py", [("model.image.layout", "openai")])
+    with pytest.raises(ConfigError, match="config.model.image.layout"):
+        validate(config, num_devices=8, process_count=1, tasks=("pretrain",))
+    # A config saved before model.image.layout existed meant CLIP's layout: resuming it is fine, a switch is not.
+    saved = load_config("configs/demo.py", []).to_dict()
+    del saved["model"]["image"]["layout"]
+    check_compatible(saved, load_config("configs/demo.py", []), "ckpt")
+    with pytest.raises(ConfigError, match="config.model.image.layout was 'clip'"):
+        check_compatible(saved, load_config("configs/demo.py", [("model.image.layout", "timm")]), "ckpt")

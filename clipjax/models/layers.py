@@ -70,9 +70,9 @@ def attention_implementation(requested: str, dtype: Dtype, head_dim: int, platfo
     return requested
 
 
-def layer_norm(name: str, dtype: Dtype) -> nn.LayerNorm:
-    """LayerNorm with CLIP's epsilon; statistics are computed in float32 whatever `dtype` is."""
-    return nn.LayerNorm(epsilon=LAYER_NORM_EPS, dtype=dtype, name=name)
+def layer_norm(name: str, dtype: Dtype, epsilon: float = LAYER_NORM_EPS) -> nn.LayerNorm:
+    """LayerNorm (CLIP's epsilon unless given); statistics are computed in float32 whatever `dtype` is."""
+    return nn.LayerNorm(epsilon=epsilon, dtype=dtype, name=name)
 
 
 def drop_path_rates(rate: float, depth: int) -> tuple[float, ...]:
@@ -205,6 +205,7 @@ class EncoderBlock(nn.Module):
     attention: str = "auto"
     dtype: Dtype = jnp.float32
     drop_path: float = 0.0  # stochastic depth rate of both residual branches
+    norm_eps: float = LAYER_NORM_EPS  # timm's ViTs use 1e-6
 
     @nn.compact
     def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array | None]:
@@ -215,9 +216,11 @@ class EncoderBlock(nn.Module):
             attention=self.attention,
             dtype=self.dtype,
             name="attn",
-        )(layer_norm("ln_1", self.dtype)(x))
+        )(layer_norm("ln_1", self.dtype, self.norm_eps)(x))
         x = x + DropPath(self.drop_path, name="drop_path_1")(y)
-        y = MlpBlock(self.mlp_dim, act=self.act, dtype=self.dtype, name="mlp")(layer_norm("ln_2", self.dtype)(x))
+        y = MlpBlock(self.mlp_dim, act=self.act, dtype=self.dtype, name="mlp")(
+            layer_norm("ln_2", self.dtype, self.norm_eps)(x)
+        )
         x = x + DropPath(self.drop_path, name="drop_path_2")(y)
         return x, weights
 
@@ -240,6 +243,7 @@ class Encoder(nn.Module):
     attention: str = "auto"
     dtype: Dtype = jnp.float32
     drop_path: tuple[float, ...] = ()
+    norm_eps: float = LAYER_NORM_EPS  # the blocks' LayerNorm epsilon
 
     @nn.compact
     def __call__(
@@ -264,6 +268,7 @@ class Encoder(nn.Module):
                 attention=self.attention,
                 dtype=self.dtype,
                 drop_path=rates[i],
+                norm_eps=self.norm_eps,
                 name=f"block_{i}",
             )(x)
             if i in wanted:

@@ -69,7 +69,7 @@ def _conv(features: int, kernel: int, stride: int, groups: int, use_bias: bool, 
     )
 
 
-def _batch_norm(parent: nn.Module, dtype: Dtype, name: str) -> nn.BatchNorm:
+def batch_norm(parent: nn.Module, dtype: Dtype, name: str) -> nn.BatchNorm:
     """BatchNorm in eval mode (running statistics) unless the "batch_stats" collection is mutable in this
     apply, which is how a training step asks for batch statistics (see the module docstring)."""
     training = parent.is_mutable_collection("batch_stats") and not parent.is_initializing()
@@ -96,7 +96,7 @@ class ConvNorm(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         x = _conv(self.features, self.kernel, self.stride, self.groups, self.fused, self.dtype, "conv")(x)
-        return x if self.fused else _batch_norm(self, self.dtype, "bn")(x)
+        return x if self.fused else batch_norm(self, self.dtype, "bn")(x)
 
 
 class SqueezeExcite(nn.Module):
@@ -140,7 +140,7 @@ class MobileOneBlock(nn.Module):
         else:
             branches = []
             if self.features == channels and self.stride == 1:
-                branches.append(_batch_norm(self, self.dtype, "identity")(x))
+                branches.append(batch_norm(self, self.dtype, "identity")(x))
             branches += [conv(self.kernel, name=f"conv_kxk_{i}")(x) for i in range(self.num_conv_branches)]
             if self.kernel > 1 and self.use_scale_branch:
                 branches.append(conv(1, name="conv_scale")(x))
@@ -290,7 +290,7 @@ class AttentionBlock(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         rep, hidden = self.reparameterized, int(x.shape[-1] * self.mlp_ratio)
-        y = x if rep else _batch_norm(self, self.dtype, "norm")(x)
+        y = x if rep else batch_norm(self, self.dtype, "norm")(x)
         y = Attention(self.head_dim, qkv_bias=rep, dtype=self.dtype, name="token_mixer")(y)
         x = x + DropPath(self.drop_path, name="drop_path_1")(LayerScale(name="layer_scale_1")(y))
         y = LayerScale(name="layer_scale_2")(ConvMlp(hidden, rep, self.dtype, name="mlp")(x))

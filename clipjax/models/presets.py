@@ -71,6 +71,8 @@ def build_image_tower(model: ConfigDict) -> nn.Module:
         embed_dim=model.embed_dim,
         pool=model.image.pool,
         stem=model.image.stem,
+        # Configs saved before the timm layout existed have no `layout`: they are CLIP's.
+        layout=model.image.get("layout", "clip"),
         act=model.act,
         remat=model.remat,
         attention=model.attention,

@@ -1,4 +1,5 @@
-"""Vision Transformer image tower in the CLIP layout (patch embedding, CLS token, ln_pre, blocks, ln_post)."""
+"""Vision Transformer image tower in the CLIP layout (patch embedding, CLS token, ln_pre, blocks, ln_post), or
+timm's as MobileCLIP-B uses it."""
 
 from __future__ import annotations
 
@@ -9,9 +10,13 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from clipjax.models.layers import Encoder, drop_path_rates, layer_norm
+from clipjax.models.layers import LAYER_NORM_EPS, Encoder, drop_path_rates, layer_norm
+from clipjax.models.mci import batch_norm
 
 Dtype = Any
+VIT_STEMS = ("patch", "conv", "mci")
+VIT_LAYOUTS = ("clip", "timm")
+TIMM_LAYER_NORM_EPS = 1e-6  # timm's VisionTransformer default; converted MobileCLIP-B weights depend on it
 
 
 class VisionTransformer(nn.Module):
@@ -27,6 +32,12 @@ class VisionTransformer(nn.Module):
       grid       (H/p, W/p)      the patch grid, to fold tokens back into feature maps
     `drop_path` is the stochastic depth rate of the last block, rising linearly from 0 at the first; it acts
     only in applies given a "dropout" rng (training), see `clipjax.models.layers.DropPath`.
+
+    Stems: "patch" (one strided conv, CLIP), "conv" (Xiao et al.'s conv stack) or "mci" (MobileCLIP-B's,
+    timm `vit_base_mci_224`: a 4x4/4 and a 2x2/2 conv, each with BatchNorm and GELU, before a 2x2/2 patch
+    embedding with bias; patch size 16). Layouts: "clip" (OpenAI's: ln_pre, a position embedding for the
+    CLS token too, LayerNorm epsilon 1e-5, projection without bias) or "timm" (timm's ViT as MobileCLIP-B
+    uses it: no ln_pre, position embeddings for the patches only, epsilon 1e-6, projection with bias).
     """
 
     width: int
@@ -42,6 +53,7 @@ class VisionTransformer(nn.Module):
     attention: str = "auto"  # see clipjax.models.layers.attention_implementation
     dtype: Dtype = jnp.float32
     drop_path: float = 0.0
+    layout: str = "clip"
 
     @nn.compact
     def __call__(
@@ -50,19 +62,35 @@ class VisionTransformer(nn.Module):
         p = self.patch_size
         if images.shape[1] % p or images.shape[2] % p:
             raise ValueError(f"image size {images.shape[1:3]} is not divisible by patch size {p}")
+        if self.layout not in VIT_LAYOUTS:
+            raise ValueError(f"layout {self.layout!r} is not one of {VIT_LAYOUTS}")
+        timm = self.layout == "timm"
+        eps = TIMM_LAYER_NORM_EPS if timm else LAYER_NORM_EPS
         x = images.astype(self.dtype)
         if self.stem == "conv":
             x, p = self._conv_stem(x), 2
+        elif self.stem == "mci":
+            x, p = self._mci_stem(x), 2
         x = nn.Conv(
-            self.width, (p, p), strides=(p, p), padding="VALID", use_bias=False, dtype=self.dtype, name="patch_embed"
+            self.width,
+            (p, p),
+            strides=(p, p),
+            padding="VALID",
+            use_bias=self.stem == "mci",
+            dtype=self.dtype,
+            name="patch_embed",
         )(x)
         batch, gh, gw, _ = x.shape
         x = x.reshape(batch, gh * gw, self.width)
         init = nn.initializers.normal(stddev=0.02)
-        cls = self.param("cls_token", init, (self.width,)).astype(x.dtype)
-        x = jnp.concatenate([jnp.broadcast_to(cls, (batch, 1, self.width)), x], axis=1)
-        x = x + self.param("pos_embed", init, (1 + gh * gw, self.width)).astype(x.dtype)
-        x = layer_norm("ln_pre", self.dtype)(x)
+        cls = jnp.broadcast_to(self.param("cls_token", init, (self.width,)).astype(x.dtype), (batch, 1, self.width))
+        if timm:  # position embeddings for the patches only; the CLS token goes in without one
+            x = x + self.param("pos_embed", init, (gh * gw, self.width)).astype(x.dtype)
+            x = jnp.concatenate([cls, x], axis=1)
+        else:
+            x = jnp.concatenate([cls, x], axis=1)
+            x = x + self.param("pos_embed", init, (1 + gh * gw, self.width)).astype(x.dtype)
+            x = layer_norm("ln_pre", self.dtype)(x)
         x, layers, attention = Encoder(
             self.depth,
             self.num_heads,
@@ -72,12 +100,13 @@ class VisionTransformer(nn.Module):
             attention=self.attention,
             dtype=self.dtype,
             drop_path=drop_path_rates(self.drop_path, self.depth),
+            norm_eps=eps,
             name="encoder",
         )(x, return_layers, return_attention)
-        tokens = layer_norm("ln_post", self.dtype)(x)
+        tokens = layer_norm("ln_post", self.dtype, eps)(x)
         pooled = tokens[:, 0] if self.pool == "cls" else tokens[:, 1:].mean(axis=1)
         embedding = nn.Dense(
-            self.embed_dim, use_bias=False, dtype=self.dtype, kernel_init=nn.initializers.xavier_uniform(), name="proj"
+            self.embed_dim, use_bias=timm, dtype=self.dtype, kernel_init=nn.initializers.xavier_uniform(), name="proj"
         )(pooled)
         return {
             "embedding": embedding,
@@ -87,6 +116,23 @@ class VisionTransformer(nn.Module):
             "attention": attention,
             "grid": (gh, gw),
         }
+
+    def _mci_stem(self, x: jax.Array) -> jax.Array:
+        """MobileCLIP-B's stem (timm ConvStem of vit_base_mci_224): [B, H, W, 3] -> [B, H/8, W/8, width / 4]."""
+        if self.patch_size != 16:
+            raise ValueError(f"the mci stem makes 16x16 patches, got patch size {self.patch_size}")
+        for i, size in enumerate((4, 2)):
+            x = nn.Conv(
+                self.width // 4,
+                (size, size),
+                strides=(size, size),
+                padding="VALID",
+                use_bias=False,
+                dtype=self.dtype,
+                name=f"stem_conv_{i}",
+            )(x)
+            x = nn.gelu(batch_norm(self, self.dtype, f"stem_norm_{i}")(x), approximate=False)
+        return x
 
     def _conv_stem(self, x: jax.Array) -> jax.Array:
         """Convolutional stem ("Early convolutions help transformers see better", Xiao et al. 2021).

@@ -43,6 +43,8 @@ Metrics = dict[str, Any]
 # so they may change). Turning the weight average (optim.ema_decay) on or off changes the state's arrays.
 INCOMPATIBLE_KEYS = ("task", "seed", "model", "loss.kind")
 COMPATIBLE_MODEL_KEYS = ("model.dtype", "model.remat", "model.attention", "model.drop_path")
+# Keys that configs saved by earlier versions lack, with the value those versions meant.
+LATER_KEYS = {"model.image.layout": "clip"}
 # How a logging window reduces each metric; everything else is averaged.
 WINDOW_REDUCTIONS = {"train/skipped_steps": "last", "train/bad_streak": "max"}
 
@@ -136,9 +138,10 @@ def check_compatible(saved: dict[str, Any], config: ConfigDict, directory: str) 
     old, new = _flatten(saved), _flatten(config.to_dict())
     for key in sorted(set(old) | set(new)):
         incompatible = any(key == k or key.startswith(k + ".") for k in INCOMPATIBLE_KEYS)
-        if incompatible and key not in COMPATIBLE_MODEL_KEYS and old.get(key) != new.get(key):
+        was = old.get(key, LATER_KEYS.get(key))
+        if incompatible and key not in COMPATIBLE_MODEL_KEYS and was != new.get(key):
             raise ConfigError(
-                f"config.{key} was {old.get(key)!r} when the checkpoints in {directory} were written and is "
+                f"config.{key} was {was!r} when the checkpoints in {directory} were written and is "
                 f"{new.get(key)!r} now; resuming would mix two runs: restore the old value or use a new --workdir"
             )
     if (old.get("optim.ema_decay", 0.0) > 0) != (new.get("optim.ema_decay", 0.0) > 0):
