@@ -97,7 +97,9 @@ def base_config() -> ConfigDict:
         {
             "lr": 1e-3,  # peak learning rate
             "warmup_steps": 1000,  # linear warmup from 0
-            "min_lr_ratio": 0.0,  # cosine decay ends at lr * min_lr_ratio
+            "min_lr_ratio": 0.0,  # the decay ends at lr * min_lr_ratio
+            "schedule": "cosine",  # after warmup: "cosine", or "poly" ((1 - progress) ** poly_power, mmseg)
+            "poly_power": 1.0,
             "weight_decay": 0.2,  # decoupled (AdamW); not applied to biases, norms, 1-D params, the scale
             "b1": 0.9,
             "b2": 0.95,
@@ -157,8 +159,8 @@ def base_config() -> ConfigDict:
             "eval_examples": None,  # the first N of the evaluation split (None: all of it, exact; 1000 synthetic)
             "eval_batch_size": 256,
             # The evaluation metric whose best value's weights are kept in <workdir>/best; None: the task's
-            # main one (eval/top1 for "finetune", eval/rmse for "depth"). Errors (rmse, abs_rel, ...) count
-            # smaller as better.
+            # main one (eval/top1 for "finetune", eval/rmse for "depth", eval/miou for "segment"). Errors count
+            # smaller as better (rmse, abs_rel, ...).
             "best_metric": None,
         }
     )
@@ -178,6 +180,33 @@ def base_config() -> ConfigDict:
             "eigen_crop": True,  # evaluation inside the Eigen crop (NYUv2 480x640 frames; scaled for others)
             "flip_test": True,  # evaluation: average with the prediction of the mirrored image
             "eval_stride": 320,  # evaluation windows' step (px) over images larger than model.image_size
+        }
+    )
+
+    # Semantic segmentation finetuning (task "segment", ADE20K or the synthetic scenes' masks); the shared
+    # finetuning keys (eval_examples, eval_batch_size, best_metric) are config.finetune's, the training crop
+    # is model.image_size. data.kind "ade20k": data.path holds ADEChallengeData2016 (splits "training" and
+    # "validation"; the generic data.train_split / eval_split defaults stand for them).
+    c.segmentation = ConfigDict(
+        {
+            "decoder": None,  # "upernet" (on a ViTDet simple pyramid for ViTs), "semantic_fpn"; None: by tower
+            "channels": None,  # the decoder's width (None: UperNet 512, Semantic FPN 128)
+            "aux_weight": 0.4,  # the auxiliary FCN head's share of the loss (0: no auxiliary head)
+            "label_smoothing": 0.0,
+            # Training: mmseg's RandomResize of `scale` (long, short) x a ratio in ratio_range (keep ratio;
+            # None scales the image's own size), a crop of model.image_size in which no class covers more than
+            # cat_max_ratio (10 tries), flips (data.flip), photometric distortion.
+            "scale": (2048, 512),
+            "ratio_range": (0.5, 2.0),
+            "cat_max_ratio": 0.75,
+            "photometric": True,
+            # Evaluation: images resized within `scale`, predicted "slide" (windows of model.image_size,
+            # eval_stride apart) or "whole", optionally with the flip test; logits resized to each image's
+            # original size. Canvases (padded batches of alike sizes) round up to eval_bucket pixels.
+            "mode": "slide",
+            "eval_stride": 341,
+            "flip_test": False,
+            "eval_bucket": 128,
         }
     )
 

@@ -10,11 +10,14 @@ from clipjax.config import choice
 from clipjax.data.classification import CLASSIFICATION_KINDS
 from clipjax.data.depth import DEPTH_KINDS
 from clipjax.data.pipeline import CAPTION_POLICIES, DATA_KINDS
+from clipjax.data.segmentation import SEGMENTATION_KINDS
 from clipjax.data.transforms import NORMALIZATIONS
 from clipjax.errors import ConfigError
 from clipjax.evals.depth_metrics import DEPTH_METRICS
+from clipjax.evals.segmentation import INFERENCE_MODES
 from clipjax.evals.setup import CLASSNAME_SOURCES, ZEROSHOT_KINDS
 from clipjax.heads.classification import POOLS
+from clipjax.heads.segmentation import DECODERS
 from clipjax.losses.contrastive import IMPLEMENTATIONS, LOSS_KINDS
 from clipjax.models.layers import ACTIVATIONS, ATTENTION_IMPLEMENTATIONS, REMAT_POLICIES, attention_implementation
 from clipjax.models.presets import (
@@ -28,8 +31,9 @@ from clipjax.models.presets import (
 from clipjax.models.vit import VIT_LAYOUTS, VIT_STEMS
 from clipjax.parallel import mesh_shape
 from clipjax.tokenizer import VOCAB_SIZE
+from clipjax.train.optim import SCHEDULES
 
-FINETUNING_TASKS = ("finetune", "depth")  # tasks that start from config.init's image tower and add a head
+FINETUNING_TASKS = ("finetune", "depth", "segment")  # tasks that start from config.init's image tower and add a head
 
 
 def validate(config: ConfigDict, *, num_devices: int, process_count: int, tasks: tuple[str, ...]) -> None:
@@ -60,14 +64,19 @@ def validate(config: ConfigDict, *, num_devices: int, process_count: int, tasks:
         _validate_finetuning(config)
         if config.task == "finetune":
             _validate_classification(config)
-        else:
+        elif config.task == "depth":
             _validate_depth(config)
+        else:
+            _validate_segmentation(config)
     elif config.optim.layer_decay != 1 or config.optim.ema_decay != 0:
         raise ConfigError(
             f"config.optim.layer_decay / ema_decay are finetuning settings; task {config.task!r} needs 1.0 / 0.0"
         )
     _validate_mesh_and_batch(config, num_devices, process_count)
     optim = config.optim
+    choice("config.optim.schedule", optim.schedule, SCHEDULES)
+    if optim.poly_power <= 0:
+        raise ConfigError(f"config.optim.poly_power={optim.poly_power} must be positive")
     if optim.lr <= 0 or optim.warmup_steps < 0 or not 0 <= optim.min_lr_ratio <= 1 or optim.weight_decay < 0:
         raise ConfigError("config.optim: need lr > 0, warmup_steps >= 0, 0 <= min_lr_ratio <= 1 and weight_decay >= 0")
 
@@ -212,6 +221,32 @@ def _validate_depth(config: ConfigDict) -> None:
             "BatchNorms with the head's; use 'train'"
         )
     _best_metric(config, DEPTH_METRICS)
+
+
+def _validate_segmentation(config: ConfigDict) -> None:
+    seg = config.segmentation
+    choice("config.data.kind (segmentation)", config.data.kind, SEGMENTATION_KINDS)
+    if seg.decoder is not None:
+        choice("config.segmentation.decoder", seg.decoder, DECODERS)
+    choice("config.segmentation.mode", seg.mode, INFERENCE_MODES)
+    if config.model.image_size % 32:
+        raise ConfigError(f"config.model.image_size={config.model.image_size}: segmentation needs a multiple of 32")
+    if seg.aux_weight < 0 or not 0 <= seg.label_smoothing < 1 or not 0 < seg.cat_max_ratio <= 1:
+        raise ConfigError("config.segmentation: need aux_weight >= 0, 0 <= label_smoothing < 1, 0 < cat_max_ratio <= 1")
+    if not 0 < seg.ratio_range[0] <= seg.ratio_range[1] or seg.eval_stride < 1 or seg.eval_bucket < 1:
+        raise ConfigError(
+            "config.segmentation: need 0 < ratio_range[0] <= ratio_range[1], eval_stride >= 1, eval_bucket >= 1"
+        )
+    if seg.eval_bucket % 32:
+        raise ConfigError(
+            f"config.segmentation.eval_bucket={seg.eval_bucket} must be a multiple of 32 (the towers' stride)"
+        )
+    if is_mci(config.model.name) and config.model.batch_norm != "train":
+        raise ConfigError(
+            f"config.model.batch_norm={config.model.batch_norm!r}: segmentation trains an MCi tower's BatchNorms "
+            "with the decoder's; use 'train'"
+        )
+    _best_metric(config, ("miou", "macc", "aacc"))
 
 
 def _validate_eval(evaluation: ConfigDict) -> None:

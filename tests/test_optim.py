@@ -185,3 +185,19 @@ def test_without_ema_the_checkpoint_layout_is_the_one_before_the_field_existed(t
     jax.tree.map(np.testing.assert_array_equal, restored, state)
     paths = [jax.tree_util.keystr(path) for path, _ in jax.tree_util.tree_flatten_with_path(state)[0]]
     assert paths == [jax.tree_util.keystr(path) for path, _ in jax.tree_util.tree_flatten_with_path(old)[0]]
+
+
+def test_poly_schedule_is_linear_warmup_then_mmsegs_polynomial_decay():
+    from ml_collections import ConfigDict
+
+    from clipjax.train.optim import lr_schedule
+
+    optim = ConfigDict({"lr": 1e-3, "warmup_steps": 10, "min_lr_ratio": 0.1, "schedule": "poly", "poly_power": 0.9})
+    schedule = lr_schedule(optim, 110)
+    for step in (0, 5, 9, 10, 35, 60, 109, 110, 200):
+        if step < 10:
+            want = 1e-3 * (step + 1) / 10
+        else:
+            progress = min((step - 10) / 100, 1.0)
+            want = 1e-4 + (1e-3 - 1e-4) * (1 - progress) ** 0.9
+        assert float(schedule(step)) == pytest.approx(want, rel=1e-5), step

@@ -17,13 +17,12 @@ import functools
 import os
 from typing import Any
 
-import cv2
 import grain
 import numpy as np
 from ml_collections import ConfigDict
 
 from clipjax.data import synthetic
-from clipjax.data.images import BadImage, decode_image
+from clipjax.data.images import BadImage, decode_image, decode_map
 from clipjax.data.pipeline import configured_batches
 from clipjax.data.skips import skipped
 from clipjax.errors import ConfigError
@@ -127,17 +126,7 @@ def decode_depth_png(data: bytes) -> np.ndarray:
       BadImage: empty, corrupt or truncated data, or an image that is not 16-bit single-channel (an 8-bit
         depth PNG would be silently wrong by a factor of 1000 or so).
     """
-    if not data:
-        raise BadImage("empty depth map")
-    try:
-        depth = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-    except cv2.error as e:
-        raise BadImage(f"corrupt depth map: {e}") from None
-    if depth is None:
-        raise BadImage("corrupt depth map")
-    if depth.dtype != np.uint16 or depth.ndim != 2:
-        raise BadImage(f"depth map is {depth.dtype} {depth.shape}, not 16-bit single-channel")
-    return depth.astype(np.float32) / MILLIMETRES_PER_METRE
+    return decode_map(data, np.uint16, "depth map").astype(np.float32) / MILLIMETRES_PER_METRE
 
 
 def _image_of(record: dict[str, Any]) -> np.ndarray:

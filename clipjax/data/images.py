@@ -79,6 +79,35 @@ def decode_image(data: bytes, target: int | None = None) -> np.ndarray:
         raise BadImage(str(e) or type(e).__name__) from None
 
 
+def decode_map(data: bytes, dtype: type, what: str) -> np.ndarray:
+    """A single-channel annotation image (a PNG of class ids, 16-bit depths, ...) decoded as stored.
+
+    Args:
+      data: the file's bytes.
+      dtype: the sample type it must have (np.uint8 labels, np.uint16 millimetres); anything else is refused,
+        since a colour or wrong-depth map would be silently misread.
+      what: what the map holds, for messages ("label map").
+
+    Returns:
+      [H, W] of `dtype`.
+
+    Raises:
+      BadImage: empty, corrupt or truncated data, or another sample type or channel count.
+    """
+    if not data:
+        raise BadImage(f"empty {what}")
+    try:
+        values = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    except cv2.error as e:
+        raise BadImage(f"corrupt {what}: {e}") from None
+    if values is None:
+        raise BadImage(f"corrupt {what}")
+    if values.dtype != dtype or values.ndim != 2:
+        bits = np.dtype(dtype).itemsize * 8
+        raise BadImage(f"{what} is {values.dtype} {values.shape}, not {bits}-bit single-channel")
+    return values
+
+
 def to_rgb(image: Image.Image) -> Image.Image:
     """Any PIL mode to RGB: palette and grey via PIL; alpha dropped (as open_clip's convert('RGB'));
     CMYK converted; 16- and 32-bit integer and float greys rescaled to 8 bits instead of clipped."""

@@ -6,7 +6,8 @@ each batch carries the counts under the same key, and the train loop logs them a
 
 SKIPPED = "__skipped__"
 # Every reason a record can be dropped for, fixed so that hosts can sum their counts position by position.
-# What each means: clipjax/data/datacomp.py and clipjax/data/depth.py (corrupt_depth).
+# What each means: clipjax/data/datacomp.py, clipjax/data/depth.py (corrupt_depth) and
+# clipjax/data/segmentation.py (corrupt_label).
 SKIP_REASONS = (
     "missing_image",
     "empty_member",
@@ -15,6 +16,7 @@ SKIP_REASONS = (
     "bad_text",
     "missing_synthetic",
     "corrupt_depth",
+    "corrupt_label",
 )
 
 

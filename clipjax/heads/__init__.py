@@ -1,1 +1,1 @@
-"""Task heads on pretrained towers: classification and depth (finetuning); segmentation and detection to come."""
+"""Task heads on pretrained towers (finetuning): classification, depth and semantic segmentation; detection to come."""

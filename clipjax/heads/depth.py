@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 from ml_collections import ConfigDict
 
+from clipjax.heads.towers import check_batch_norm_mode, vit_feature_map
 from clipjax.models.mci import MCi
 from clipjax.models.presets import build_image_tower
 
@@ -95,7 +96,7 @@ class DepthEstimator(nn.Module):
 
     @nn.compact
     def __call__(self, images: jax.Array, train: bool = False) -> jax.Array:
-        self._check_batch_norm_mode(train)
+        check_batch_norm_mode(self, self.image, train)
         features, skips = self._features(images)
         h, w = images.shape[1:3]
         stride = h // features.shape[1]
@@ -127,23 +128,7 @@ class DepthEstimator(nn.Module):
         if isinstance(self.image, MCi):
             maps = {s: f.astype(jnp.float32) for s, f in self.image(images)["features"].items()}
             return maps.pop(32), maps
-        out = self.image(images)
-        gh, gw = out["grid"]
-        tokens = out["tokens"][:, 1:].astype(jnp.float32)  # after ln_post; index 0 is CLS
-        return tokens.reshape(tokens.shape[0], gh, gw, tokens.shape[-1]), {}
-
-    def _check_batch_norm_mode(self, train: bool) -> None:
-        """ValueError where `train` and the mutability of "batch_stats" disagree (see the module docstring)."""
-        if self.is_initializing():
-            return
-        mutable = self.is_mutable_collection("batch_stats")
-        if train and not mutable:
-            raise ValueError('train=True updates BatchNorm statistics: apply with mutable=["batch_stats"]')
-        if not train and mutable and isinstance(self.image, MCi):
-            raise ValueError(
-                'with "batch_stats" mutable the MCi tower normalises with batch statistics: pass train=True, '
-                "or apply without mutable to evaluate"
-            )
+        return vit_feature_map(self.image(images), images)[0], {}
 
 
 def build_depth_estimator(

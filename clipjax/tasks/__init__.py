@@ -1,5 +1,11 @@
 """Tasks: each is a `run(config, workdir, mesh) -> summary metrics` built on the shared train loop."""
 
-from clipjax.tasks import depth, evaluate, finetune, pretrain
+from clipjax.tasks import depth, evaluate, finetune, pretrain, segment
 
-TASKS = {"pretrain": pretrain.run, "evaluate": evaluate.run, "finetune": finetune.run, "depth": depth.run}
+TASKS = {
+    "pretrain": pretrain.run,
+    "evaluate": evaluate.run,
+    "finetune": finetune.run,
+    "depth": depth.run,
+    "segment": segment.run,
+}

@@ -12,19 +12,26 @@ from ml_collections import ConfigDict
 
 from clipjax.train.layer_decay import layer_lr_scales
 
+SCHEDULES = ("cosine", "poly")
+
 
 def lr_schedule(optim: ConfigDict, total_steps: int) -> optax.Schedule:
-    """Learning rate of step s (0-based), as open_clip's cosine_lr: lr * (s + 1) / warmup during the
-    `optim.warmup_steps` warmup steps (so step 0 already learns), then a cosine from lr to
-    lr * min_lr_ratio reached at `total_steps`."""
+    """Learning rate of step s (0-based): lr * (s + 1) / warmup during the `optim.warmup_steps` warmup
+    steps (so step 0 already learns, as open_clip's cosine_lr), then from lr down to lr * min_lr_ratio at
+    `total_steps`: a cosine (`optim.schedule="cosine"`) or mmsegmentation's polynomial decay
+    (`"poly"`: (1 - progress) ** optim.poly_power)."""
     warmup = min(optim.warmup_steps, total_steps)
     peak, end = optim.lr, optim.lr * optim.min_lr_ratio
+    kind, power = optim.get("schedule", "cosine"), optim.get("poly_power", 1.0)
 
     def schedule(step: jax.Array) -> jax.Array:
         step = jnp.asarray(step, jnp.float32)
         progress = jnp.clip((step - warmup) / max(total_steps - warmup, 1), 0.0, 1.0)
-        cosine = end + (peak - end) * 0.5 * (1.0 + jnp.cos(jnp.pi * progress))
-        return jnp.where(step < warmup, peak * (step + 1.0) / max(warmup, 1), cosine)
+        if kind == "poly":
+            decayed = end + (peak - end) * (1.0 - progress) ** power
+        else:
+            decayed = end + (peak - end) * 0.5 * (1.0 + jnp.cos(jnp.pi * progress))
+        return jnp.where(step < warmup, peak * (step + 1.0) / max(warmup, 1), decayed)
 
     return schedule
 

@@ -1,0 +1,172 @@
+"""Semantic segmentation finetuning (ADE20K, the synthetic scenes' masks): UperNet on a ViTDet simple feature
+pyramid for ViTs, Semantic FPN for MobileCLIP's MCi towers, an auxiliary FCN head.
+
+`config.init` names the weights (converted, pretrained or finetuned); their image tower is copied in with a
+report (clipjax/train/transfer.py), the decoder starts fresh unless the weights were finetuned for
+segmentation with as many classes. Without `config.init`: random initialisation.
+
+The step: pixel cross-entropy of the decoder's logits (resized to the crop) plus config.segmentation.aux_weight
+times the auxiliary head's, over the labelled pixels; drop path in the tower, dropout before the classifiers,
+AdamW with layer-wise lr decay (mmseg's recipe: warmup then polynomial decay, config.optim.schedule="poly"),
+BatchNorms on the global batch's statistics. Evaluation every `eval_every` steps: mmseg's inference (see
+clipjax/evals/segmentation.py), mIoU / mAcc / aAcc from the dataset-level confusion matrix; the per-class
+IoU of each evaluation goes to <workdir>/segmentation_eval.jsonl; the best weights (config.finetune.best_metric,
+default eval/miou) are kept in <workdir>/best.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from typing import Any
+
+import jax
+import optax
+from jax.sharding import Mesh
+from ml_collections import ConfigDict
+
+from clipjax.data.segmentation import (
+    rescale_size,
+    segmentation_dataset,
+    segmentation_eval_example,
+    segmentation_source,
+)
+from clipjax.data.transforms import normalize_images
+from clipjax.evals.segmentation import SegmentationEvaluator, encoded_size
+from clipjax.heads.segmentation import Segmenter, build_segmenter
+from clipjax.losses.segmentation import segmentation_loss
+from clipjax.models.presets import is_mci
+from clipjax.train.init import read_metadata
+from clipjax.train.loop import Metrics, train
+from clipjax.train.optim import global_norm, lr_schedule
+from clipjax.train.state import TrainState
+from clipjax.train.transfer import finetuning_task, model_config_from_init, optimizer_and_init
+
+DEFAULT_BEST_METRIC = "eval/miou"
+
+
+def decoder_for(config: ConfigDict) -> str:
+    """config.segmentation.decoder, or the paper's choice for the tower: Semantic FPN for MCi, else UperNet."""
+    return config.segmentation.decoder or ("semantic_fpn" if is_mci(config.model.name) else "upernet")
+
+
+def make_segment_step(model: Segmenter, tx: optax.GradientTransformation, config: ConfigDict):
+    """(state, batch) -> (state, metrics): one AdamW step on the decoder's (+ auxiliary) cross-entropy.
+
+    batch: image uint8 [B, S, S, 3], label uint8 [B, S, S] (255: ignored). Drop path and dropout draw from
+    the state's rng and step, so a resumed run draws what an uninterrupted one would.
+    """
+    schedule = lr_schedule(config.optim, config.total_steps)
+    seg = config.segmentation
+
+    def loss_fn(params: Any, model_state: Any, images: jax.Array, labels: jax.Array, rng: jax.Array):
+        variables = {"params": params, **model_state}
+        out, updates = model.apply(variables, images, train=True, rngs={"dropout": rng}, mutable=["batch_stats"])
+        loss = segmentation_loss(out["logits"], labels, label_smoothing=seg.label_smoothing)
+        parts = {"train/decode_loss": loss}
+        if "aux" in out:
+            aux = segmentation_loss(out["aux"], labels, label_smoothing=seg.label_smoothing)
+            parts["train/aux_loss"] = aux
+            loss = loss + seg.aux_weight * aux
+        return loss, ({**model_state, **updates}, parts)
+
+    def train_step(state: TrainState, batch: dict[str, jax.Array]) -> tuple[TrainState, Metrics]:
+        drop_rng = jax.random.fold_in(state.rng, state.step)
+        images = normalize_images(batch["image"], config.data.normalize)
+        (loss, (model_state, parts)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state.params, state.model_state, images, batch["label"].astype(jax.numpy.int32), drop_rng
+        )
+        new_state, guard = state.apply_gradients(
+            grads, loss, tx, model_state=model_state, ema_decay=config.optim.ema_decay
+        )
+        metrics = {
+            "train/loss": loss,
+            **parts,
+            "train/lr": schedule(state.step),
+            "train/grad_norm": global_norm(grads),
+            **guard,
+        }
+        return new_state, metrics
+
+    return train_step
+
+
+def example_sizes(record: dict[str, Any], scale: tuple[int, int] | None) -> tuple[tuple[int, int], tuple[int, int]]:
+    """((h, w) of the image as the evaluation resizes it, (H, W) of its label), from the header alone."""
+    image = record["image"]
+    size = encoded_size(image) if isinstance(image, bytes) else tuple(image.shape[:2])
+    return (rescale_size(*size, scale) if scale is not None else size), size
+
+
+class PerClassLog:
+    """`on_evaluated` companion: appends each evaluation's metrics and per-class IoU / Acc to a JSONL file
+    (host 0). The per-class figures are the last evaluation's: the EMA weights' when an EMA is kept."""
+
+    def __init__(self, path: str, evaluator: SegmentationEvaluator) -> None:
+        self.path, self.evaluator = path, evaluator
+
+    def __call__(self, step: int, metrics: Metrics) -> None:
+        if jax.process_index() == 0:
+            row = {"step": step, **{k: float(v) for k, v in metrics.items()}, **self.evaluator.last_details}
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(row) + "\n")
+
+
+def run(config: ConfigDict, workdir: str, mesh: Mesh) -> Metrics:
+    """Finetunes the segmenter as `config` says, in `workdir` (resuming if it holds checkpoints)."""
+    config.model, config.data.normalize, origin = model_config_from_init(config)
+    train_source = segmentation_source(config, "train")
+    eval_source = segmentation_source(config, "eval")
+    seg = config.segmentation
+    num_classes = len(train_source.classes)
+    decoder = decoder_for(config)
+    model = build_segmenter(config.model, num_classes, decoder, aux=seg.aux_weight > 0, channels=seg.channels)
+    size = config.model.image_size
+    tx, init_state = optimizer_and_init(config, model)
+    if jax.process_index() == 0:
+        print(f"segmentation ({decoder}, {num_classes} classes) on {config.model.name} at {size} px from {origin}")
+
+    saved = read_metadata(config.init) if config.init is not None else {}
+    keep_head = saved.get("task") == "segment" and saved.get("num_classes") == num_classes
+    scale = tuple(seg.scale) if config.data.kind == "ade20k" else None
+    evaluator = SegmentationEvaluator(
+        model,
+        mesh,
+        eval_source,
+        functools.partial(segmentation_eval_example, scale=scale, reduce_zero_label=config.data.kind == "ade20k"),
+        functools.partial(example_sizes, scale=scale),
+        normalize=config.data.normalize,
+        num_classes=num_classes,
+        mode=seg.mode,
+        window=size,
+        stride=seg.eval_stride,
+        flip=seg.flip_test,
+        batch_size=config.finetune.eval_batch_size,
+        num_examples=config.finetune.eval_examples,
+        num_threads=config.eval.num_threads,
+        bucket=seg.eval_bucket,
+        class_names=list(eval_source.classes),
+    )
+    task = finetuning_task(
+        config,
+        workdir,
+        init_state=init_state,
+        train_step=make_segment_step(model, tx, config),
+        make_dataset=segmentation_dataset,
+        train_source=train_source,
+        evaluate=evaluator,
+        keep_head=keep_head,
+        best_metric=config.finetune.best_metric or DEFAULT_BEST_METRIC,
+        num_classes=num_classes,
+        task="segment",
+    )
+    log = PerClassLog(os.path.join(workdir, "segmentation_eval.jsonl"), evaluator)
+    keep_best = task.on_evaluated
+
+    def on_evaluated(step: int, state: TrainState, metrics: Metrics) -> None:
+        keep_best(step, state, metrics)
+        log(step, metrics)
+
+    task.on_evaluated = on_evaluated
+    return train(config, workdir, mesh, task)

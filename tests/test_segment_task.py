@@ -1,0 +1,96 @@
+"""Segmentation finetuning through the command line on a tiny ADE20K release layout made from real photos:
+mIoU over original-size labels, the per-class results, the best weights; and the config's one-line errors."""
+
+import json
+import os
+
+import cv2
+import numpy as np
+import pytest
+
+from clipjax.config import load_config
+from clipjax.errors import ConfigError
+from clipjax.main import main
+from clipjax.train.init import read_metadata
+from clipjax.validation import validate
+from tests.test_finetune import metrics_rows, tiny_model_flags
+from tests.test_segmentation_data import photo, raw_label
+
+TASKS = ("pretrain", "evaluate", "finetune", "depth", "segment")
+# (split, stem, photo, size of the stored image): originals of several sizes and orientations.
+FILES = (
+    ("training", "ADE_train_00000001", "coffee", (96, 144)),
+    ("training", "ADE_train_00000002", "chelsea", (80, 120)),
+    ("training", "ADE_train_00000003", "astronaut", (128, 96)),
+    ("validation", "ADE_val_00000001", "rocket", (72, 108)),
+    ("validation", "ADE_val_00000002", "astronaut", (100, 75)),
+)
+
+
+@pytest.fixture(scope="module")
+def small_ade(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ade")
+    base = root / "ADEChallengeData2016"
+    for split, stem, name, (height, width) in FILES:
+        image = cv2.resize(photo(name), (width, height), interpolation=cv2.INTER_AREA)
+        label = cv2.resize(raw_label(name), (width, height), interpolation=cv2.INTER_NEAREST)
+        for kind, suffix, data in (("images", ".jpg", image[..., ::-1]), ("annotations", ".png", label)):
+            os.makedirs(base / kind / split, exist_ok=True)
+            assert cv2.imwrite(str(base / kind / split / (stem + suffix)), data)
+    return str(root)
+
+
+def test_segment_config_errors_are_one_line():
+    config = load_config("configs/segment/demo.py", [("data.kind", "nyu"), ("data.path", "/x")])
+    with pytest.raises(ConfigError, match=r"config.data.kind \(segmentation\)"):
+        validate(config, num_devices=8, process_count=1, tasks=TASKS)
+    config = load_config("configs/segment/demo.py", [("finetune.best_metric", "eval/rmse")])
+    with pytest.raises(ConfigError, match="best_metric"):
+        validate(config, num_devices=8, process_count=1, tasks=TASKS)
+    config = load_config("configs/segment/demo.py", [("segmentation.mode", "tiles")])
+    with pytest.raises(ConfigError, match="config.segmentation.mode"):
+        validate(config, num_devices=8, process_count=1, tasks=TASKS)
+    config = load_config("configs/segment/demo.py", [("model.image_size", "48")])
+    with pytest.raises(ConfigError, match="multiple of 32"):
+        validate(config, num_devices=8, process_count=1, tasks=TASKS)
+
+
+def test_segmentation_on_the_ade20k_layout_scores_original_sizes_and_keeps_the_best(small_ade, tmp_path):
+    workdir = str(tmp_path / "run")
+    flags = [
+        "--config=configs/segment/demo.py",
+        f"--workdir={workdir}",
+        "--config.data.kind=ade20k",
+        f"--config.data.path={small_ade}",
+        "--config.data.num_workers=1",  # resize, crop and distortion run in a grain worker process
+        "--config.batch_size=8",
+        "--config.total_steps=4",
+        "--config.eval_every=2",
+        "--config.log_every=2",
+        "--config.checkpoint_every=4",
+        "--config.finetune.eval_batch_size=8",  # 2 images: one padded batch per canvas
+        "--config.segmentation.scale=(48,32)",  # test resize: the shorter side to 32 (longer at most 48)
+        "--config.segmentation.eval_stride=16",
+        "--config.segmentation.flip_test=True",
+        "--config.progress_bar=False",
+        *tiny_model_flags(),
+    ]
+    assert main(flags) == 0
+    evaluations = [row for row in metrics_rows(workdir) if "eval/miou" in row]
+    assert [row["step"] for row in evaluations] == [2, 4]
+    for row in evaluations:
+        assert 0 <= row["eval/miou"] <= row["eval/macc"] + 1e-9 and 0 <= row["eval/aacc"] <= 1
+    with open(os.path.join(workdir, "segmentation_eval.jsonl")) as f:
+        logged = [json.loads(line) for line in f]
+    assert [row["step"] for row in logged] == [2, 4]
+    per_class = logged[-1]["per_class"]
+    assert len(per_class) == 150 and "wall" in per_class and "flag" in per_class
+    # Classes the validation labels hold (reduced: 1 -> 0, 3 -> 2, 13 -> 12, 150 -> 149) have an accuracy;
+    # the others, absent from the ground truth, have none.
+    present = [name for name, v in per_class.items() if v["acc"] is not None]
+    assert present and set(present) <= {"wall", "sky", "person", "flag"}
+    best = max(evaluations, key=lambda row: row["eval/miou"])
+    saved = read_metadata(os.path.join(workdir, "best"))
+    assert saved["task"] == "segment" and saved["num_classes"] == 150 and saved["metric"] == "eval/miou"
+    assert saved["value"] == pytest.approx(best["eval/miou"], rel=1e-9)
+    assert all(np.isfinite(row["train/loss"]) for row in metrics_rows(workdir) if "train/loss" in row)
