@@ -98,3 +98,23 @@ def test_downscaling_by_a_whole_factor_averages_blocks():
     out = random_resized_crop(astronaut, 128, np.random.default_rng(0), scale=(1.0, 1.0), ratio=(1.0, 1.0))
     blocks = astronaut.reshape(128, 4, 128, 4, 3).mean(axis=(1, 3))
     np.testing.assert_allclose(out, blocks, atol=1.0)  # the box filter, then an identity bicubic step
+
+
+@pytest.mark.parametrize("height, width", [(300, 500), (500, 300), (460, 470), (240, 700)])
+def test_large_regions_are_box_averaged_before_the_bicubic_resize(height, width):
+    """Whole factors of the region over the output (1 x 2, 2 x 1, 2 x 2, 1 x 3 here) are averaged first, as
+    OpenCV's INTER_AREA would (within one unit of rounding), so fine patterns do not alias."""
+    import cv2
+
+    from clipjax.data.images import resize_region
+
+    rows, cols = np.mgrid[:height, :width]
+    stripes = np.where((rows + cols) % 2 == 0, 255, 0).astype(np.uint8)[..., None].repeat(3, axis=-1)
+    out = resize_region(stripes, (0, 0, width, height), 224)
+    fx, fy = max(width // 224, 1), max(height // 224, 1)
+    trimmed = stripes[: height - height % fy, : width - width % fx]
+    averaged = cv2.resize(trimmed, (trimmed.shape[1] // fx, trimmed.shape[0] // fy), interpolation=cv2.INTER_AREA)
+    want = cv2.resize(averaged, (224, 224), interpolation=cv2.INTER_CUBIC)
+    assert np.abs(out.astype(int) - want).max() <= 2
+    if fx % 2 == 0 or fy % 2 == 0:  # a checkerboard averaged over two neighbours is flat grey
+        assert np.abs(out.astype(int) - 127.5).max() <= 2

@@ -139,7 +139,11 @@ def resize_region(pixels: np.ndarray, box: tuple[int, int, int, int], size: int)
         # Whole factors take OpenCV's exact box-averaging path; the few rows and columns past the last
         # whole block are dropped.
         region = region[: height - height % fy, : width - width % fx]
-        region = cv2.resize(region, (region.shape[1] // fx, region.shape[0] // fy), interpolation=cv2.INTER_AREA)
+        # Factors of 1 and 2 need no area filter: bilinear sampling at half-pixel centres averages exactly the
+        # two source pixels of each output (within one unit of rounding), while OpenCV's INTER_AREA takes a
+        # generic path 4x slower whenever the two factors differ (the common 1 x 2 case of web photos).
+        method = cv2.INTER_LINEAR if max(fx, fy) <= 2 else cv2.INTER_AREA
+        region = cv2.resize(region, (region.shape[1] // fx, region.shape[0] // fy), interpolation=method)
     return cv2.resize(region, (size, size), interpolation=cv2.INTER_CUBIC)
 
 
