@@ -231,6 +231,11 @@ def _validate_segmentation(config: ConfigDict) -> None:
     choice("config.segmentation.mode", seg.mode, INFERENCE_MODES)
     if config.model.image_size % 32:
         raise ConfigError(f"config.model.image_size={config.model.image_size}: segmentation needs a multiple of 32")
+    if seg.mode == "whole" and not is_mci(config.model.name):
+        raise ConfigError(
+            "config.segmentation.mode='whole' needs a tower that takes any image size (MCi); a ViT's position "
+            "embeddings fix its input, so use mode='slide'"
+        )
     if seg.aux_weight < 0 or not 0 <= seg.label_smoothing < 1 or not 0 < seg.cat_max_ratio <= 1:
         raise ConfigError("config.segmentation: need aux_weight >= 0, 0 <= label_smoothing < 1, 0 < cat_max_ratio <= 1")
     if not 0 < seg.ratio_range[0] <= seg.ratio_range[1] or seg.eval_stride < 1 or seg.eval_bucket < 1:

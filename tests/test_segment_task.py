@@ -50,6 +50,9 @@ def test_segment_config_errors_are_one_line():
     config = load_config("configs/segment/demo.py", [("segmentation.mode", "tiles")])
     with pytest.raises(ConfigError, match="config.segmentation.mode"):
         validate(config, num_devices=8, process_count=1, tasks=TASKS)
+    config = load_config("configs/segment/demo.py", [("segmentation.mode", "whole")])
+    with pytest.raises(ConfigError, match="mode='whole' needs a tower"):
+        validate(config, num_devices=8, process_count=1, tasks=TASKS)
     config = load_config("configs/segment/demo.py", [("model.image_size", "48")])
     with pytest.raises(ConfigError, match="multiple of 32"):
         validate(config, num_devices=8, process_count=1, tasks=TASKS)
