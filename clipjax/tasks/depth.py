@@ -21,15 +21,12 @@ from jax.sharding import Mesh
 from ml_collections import ConfigDict
 
 from clipjax.data.depth import depth_dataset, depth_source
-from clipjax.data.transforms import normalize_images
 from clipjax.evals.depth import DepthEvaluator
 from clipjax.heads.depth import DepthEstimator, build_depth_estimator
 from clipjax.losses.depth import silog_loss
 from clipjax.train.init import read_metadata
 from clipjax.train.loop import Metrics, train
-from clipjax.train.optim import global_norm, lr_schedule
-from clipjax.train.state import TrainState
-from clipjax.train.transfer import finetuning_task, model_config_from_init, optimizer_and_init
+from clipjax.train.transfer import finetuning_step, finetuning_task, model_config_from_init, optimizer_and_init
 
 DEFAULT_BEST_METRIC = "eval/rmse"
 
@@ -40,28 +37,19 @@ def make_depth_step(model: DepthEstimator, tx: optax.GradientTransformation, con
     batch: image uint8 [B, S, S, 3], depth float32 [B, S, S] metres (0 where there is no ground truth).
     Drop path draws from the state's rng and step, so a resumed run draws what an uninterrupted one would.
     """
-    schedule = lr_schedule(config.optim, config.total_steps)
     depth_config = config.depth
 
-    def loss_fn(params: Any, model_state: Any, images: jax.Array, target: jax.Array, rng: jax.Array):
+    def loss_fn(params: Any, model_state: Any, batch: dict[str, jax.Array], rng: jax.Array):
         variables = {"params": params, **model_state}
-        pred, updates = model.apply(variables, images, train=True, rngs={"dropout": rng}, mutable=["batch_stats"])
+        pred, updates = model.apply(
+            variables, batch["image"], train=True, rngs={"dropout": rng}, mutable=["batch_stats"]
+        )
+        target = batch["depth"]
         valid = (target > depth_config.min_depth) & (target < depth_config.max_depth)
-        return silog_loss(pred, target, valid, depth_config.silog_lambda), {**model_state, **updates}
+        loss = silog_loss(pred, target, valid, depth_config.silog_lambda)
+        return loss, ({**model_state, **updates}, {})
 
-    def train_step(state: TrainState, batch: dict[str, jax.Array]) -> tuple[TrainState, Metrics]:
-        drop_rng = jax.random.fold_in(state.rng, state.step)
-        images = normalize_images(batch["image"], config.data.normalize)
-        (loss, model_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            state.params, state.model_state, images, batch["depth"], drop_rng
-        )
-        new_state, guard = state.apply_gradients(
-            grads, loss, tx, model_state=model_state, ema_decay=config.optim.ema_decay
-        )
-        metrics = {"train/loss": loss, "train/lr": schedule(state.step), "train/grad_norm": global_norm(grads), **guard}
-        return new_state, metrics
-
-    return train_step
+    return finetuning_step(config, tx, loss_fn)
 
 
 def run(config: ConfigDict, workdir: str, mesh: Mesh) -> Metrics:

@@ -24,7 +24,6 @@ from ml_collections import ConfigDict
 
 from clipjax.data.classification import classification_source, finetune_dataset
 from clipjax.data.mixup import mix_batch
-from clipjax.data.transforms import normalize_images
 from clipjax.errors import ConfigError
 from clipjax.evals.batches import labelled_image_loader
 from clipjax.evals.classification import ClassificationEvaluator
@@ -32,9 +31,7 @@ from clipjax.heads.classification import ImageClassifier, build_classifier
 from clipjax.losses.classification import soft_cross_entropy
 from clipjax.train.init import read_metadata
 from clipjax.train.loop import Metrics, train
-from clipjax.train.optim import global_norm, lr_schedule
-from clipjax.train.state import TrainState
-from clipjax.train.transfer import finetuning_task, model_config_from_init, optimizer_and_init
+from clipjax.train.transfer import finetuning_step, finetuning_task, model_config_from_init, optimizer_and_init
 
 DEFAULT_BEST_METRIC = "eval/top1"
 
@@ -46,24 +43,13 @@ def make_finetune_step(model: ImageClassifier, tx: optax.GradientTransformation,
     rng and step, so a resumed run draws what an uninterrupted one would.
     """
     tune = config.finetune
-    schedule = lr_schedule(config.optim, config.total_steps)
     train_batch_norm = config.model.batch_norm == "train"
 
-    def loss_fn(params: Any, model_state: Any, images: jax.Array, targets: jax.Array, rng: jax.Array):
-        variables = {"params": params, **model_state}
-        if "batch_stats" in model_state and train_batch_norm:
-            logits, updates = model.apply(variables, images, rngs={"dropout": rng}, mutable=["batch_stats"])
-            model_state = {**model_state, **updates}
-        else:
-            logits = model.apply(variables, images, rngs={"dropout": rng})
-        return soft_cross_entropy(logits, targets), model_state
-
-    def train_step(state: TrainState, batch: dict[str, jax.Array]) -> tuple[TrainState, Metrics]:
-        mix_rng, drop_rng = jax.random.split(jax.random.fold_in(state.rng, state.step))
-        images = normalize_images(batch["image"], config.data.normalize)
+    def loss_fn(params: Any, model_state: Any, batch: dict[str, jax.Array], rng: jax.Array):
+        mix_rng, drop_rng = jax.random.split(rng)
         images, targets = mix_batch(
             mix_rng,
-            images,
+            batch["image"],
             batch["label"],
             num_classes,
             mixup_alpha=tune.mixup_alpha,
@@ -72,21 +58,15 @@ def make_finetune_step(model: ImageClassifier, tx: optax.GradientTransformation,
             prob=tune.mix_prob,
             label_smoothing=tune.label_smoothing,
         )
-        (loss, model_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            state.params, state.model_state, images, targets, drop_rng
-        )
-        new_state, guard = state.apply_gradients(
-            grads, loss, tx, model_state=model_state, ema_decay=config.optim.ema_decay
-        )
-        metrics = {
-            "train/loss": loss,
-            "train/lr": schedule(state.step),
-            "train/grad_norm": global_norm(grads),
-            **guard,
-        }
-        return new_state, metrics
+        variables = {"params": params, **model_state}
+        if "batch_stats" in model_state and train_batch_norm:
+            logits, updates = model.apply(variables, images, rngs={"dropout": drop_rng}, mutable=["batch_stats"])
+            model_state = {**model_state, **updates}
+        else:
+            logits = model.apply(variables, images, rngs={"dropout": drop_rng})
+        return soft_cross_entropy(logits, targets), (model_state, {})
 
-    return train_step
+    return finetuning_step(config, tx, loss_fn)
 
 
 def run(config: ConfigDict, workdir: str, mesh: Mesh) -> Metrics:

@@ -22,6 +22,7 @@ import os
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh
 from ml_collections import ConfigDict
@@ -32,16 +33,14 @@ from clipjax.data.segmentation import (
     segmentation_eval_example,
     segmentation_source,
 )
-from clipjax.data.transforms import normalize_images
 from clipjax.evals.segmentation import SegmentationEvaluator, encoded_size
 from clipjax.heads.segmentation import Segmenter, build_segmenter
 from clipjax.losses.segmentation import segmentation_loss
 from clipjax.models.presets import is_mci
 from clipjax.train.init import read_metadata
 from clipjax.train.loop import Metrics, train
-from clipjax.train.optim import global_norm, lr_schedule
 from clipjax.train.state import TrainState
-from clipjax.train.transfer import finetuning_task, model_config_from_init, optimizer_and_init
+from clipjax.train.transfer import finetuning_step, finetuning_task, model_config_from_init, optimizer_and_init
 
 DEFAULT_BEST_METRIC = "eval/miou"
 
@@ -57,12 +56,14 @@ def make_segment_step(model: Segmenter, tx: optax.GradientTransformation, config
     batch: image uint8 [B, S, S, 3], label uint8 [B, S, S] (255: ignored). Drop path and dropout draw from
     the state's rng and step, so a resumed run draws what an uninterrupted one would.
     """
-    schedule = lr_schedule(config.optim, config.total_steps)
     seg = config.segmentation
 
-    def loss_fn(params: Any, model_state: Any, images: jax.Array, labels: jax.Array, rng: jax.Array):
+    def loss_fn(params: Any, model_state: Any, batch: dict[str, jax.Array], rng: jax.Array):
         variables = {"params": params, **model_state}
-        out, updates = model.apply(variables, images, train=True, rngs={"dropout": rng}, mutable=["batch_stats"])
+        out, updates = model.apply(
+            variables, batch["image"], train=True, rngs={"dropout": rng}, mutable=["batch_stats"]
+        )
+        labels = batch["label"].astype(jnp.int32)
         loss = segmentation_loss(out["logits"], labels, label_smoothing=seg.label_smoothing)
         parts = {"train/decode_loss": loss}
         if "aux" in out:
@@ -71,25 +72,7 @@ def make_segment_step(model: Segmenter, tx: optax.GradientTransformation, config
             loss = loss + seg.aux_weight * aux
         return loss, ({**model_state, **updates}, parts)
 
-    def train_step(state: TrainState, batch: dict[str, jax.Array]) -> tuple[TrainState, Metrics]:
-        drop_rng = jax.random.fold_in(state.rng, state.step)
-        images = normalize_images(batch["image"], config.data.normalize)
-        (loss, (model_state, parts)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            state.params, state.model_state, images, batch["label"].astype(jax.numpy.int32), drop_rng
-        )
-        new_state, guard = state.apply_gradients(
-            grads, loss, tx, model_state=model_state, ema_decay=config.optim.ema_decay
-        )
-        metrics = {
-            "train/loss": loss,
-            **parts,
-            "train/lr": schedule(state.step),
-            "train/grad_norm": global_norm(grads),
-            **guard,
-        }
-        return new_state, metrics
-
-    return train_step
+    return finetuning_step(config, tx, loss_fn)
 
 
 def example_sizes(record: dict[str, Any], scale: tuple[int, int] | None) -> tuple[tuple[int, int], tuple[int, int]]:
