@@ -201,3 +201,19 @@ def test_poly_schedule_is_linear_warmup_then_mmsegs_polynomial_decay():
             progress = min((step - 10) / 100, 1.0)
             want = 1e-4 + (1e-3 - 1e-4) * (1 - progress) ** 0.9
         assert float(schedule(step)) == pytest.approx(want, rel=1e-5), step
+
+
+def test_step_schedule_is_warmup_then_detectron2s_multi_step_decay():
+    from ml_collections import ConfigDict
+
+    from clipjax.train.optim import lr_schedule
+
+    optim = ConfigDict(
+        {"lr": 1e-4, "warmup_steps": 10, "min_lr_ratio": 0.0, "schedule": "step", "step_boundaries": (0.5, 0.9),
+         "step_factor": 0.1}
+    )  # fmt: skip
+    schedule = lr_schedule(optim, 1000)
+    # Boundaries at steps 500 and 900 (fractions of all steps, warmup included, as ViTDet's 88.9% / 96.3%).
+    wants = {0: 1e-5, 9: 1e-4, 10: 1e-4, 499: 1e-4, 500: 1e-5, 899: 1e-5, 900: 1e-6, 1500: 1e-6}
+    for step, want in wants.items():
+        assert float(schedule(step)) == pytest.approx(want, rel=1e-5), step

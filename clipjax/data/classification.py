@@ -42,14 +42,7 @@ def classification_source(config: ConfigDict, split: str) -> Any:
     data = config.data
     name = data.train_split if split == "train" else data.eval_split
     if data.kind == "synthetic":
-        count = data.synthetic.num_examples if split == "train" else config.finetune.eval_examples
-        source = synthetic.SyntheticScenes(
-            count or SYNTHETIC_EVAL_EXAMPLES,
-            image_size=config.model.image_size,
-            max_objects=data.synthetic.max_objects,
-            split="train" if split == "train" else "validation",
-            seed=config.seed,
-        )
+        source = synthetic.finetuning_scenes(config, split, SYNTHETIC_EVAL_EXAMPLES)
         source.classes = list(synthetic.CATEGORIES)
         return source
     if not data.path:

@@ -232,14 +232,7 @@ def depth_source(config: ConfigDict, split: str) -> Any:
     """
     data = config.data
     if data.kind == "synthetic":
-        count = data.synthetic.num_examples if split == "train" else config.finetune.eval_examples
-        return synthetic.SyntheticScenes(
-            count or SYNTHETIC_EVAL_EXAMPLES,
-            image_size=config.model.image_size,
-            max_objects=data.synthetic.max_objects,
-            split="train" if split == "train" else "validation",
-            seed=config.seed,
-        )
+        return synthetic.finetuning_scenes(config, split, SYNTHETIC_EVAL_EXAMPLES)
     if data.kind == "nyu":
         if not data.path:
             raise ConfigError("config.data.kind='nyu' needs config.data.path (the NYUv2 root)")

@@ -296,3 +296,24 @@ class SyntheticScenes:
         words += [str(w) for w in rng.choice(_FILLER_WORDS, size=int(rng.integers(1, 4)), replace=False)]
         rng.shuffle(words)
         return " ".join(words)
+
+
+def finetuning_scenes(config: Any, split: str, eval_examples: int, scenes_class: type = SyntheticScenes) -> Any:
+    """The synthetic scenes a finetuning task reads for `split` ("train" or "eval"), as `config` sets them.
+
+    Training: config.data.synthetic.num_examples "train" scenes; evaluation: config.finetune.eval_examples
+    "validation" scenes (`eval_examples` when that is None). Scenes of config.model.image_size pixels with up
+    to config.data.synthetic.max_objects objects, seeded by config.seed.
+
+    Args:
+      scenes_class: SyntheticScenes or a subclass adding the task's labels.
+    """
+    train = split == "train"
+    count = config.data.synthetic.num_examples if train else config.finetune.eval_examples
+    return scenes_class(
+        count or eval_examples,
+        image_size=config.model.image_size,
+        max_objects=config.data.synthetic.max_objects,
+        split="train" if train else "validation",
+        seed=config.seed,
+    )

@@ -98,6 +98,16 @@ def labelled_image_loader(
     return load
 
 
+def load_or_stop(load: Callable[[Any], dict[str, np.ndarray]], record: Any) -> dict[str, np.ndarray]:
+    """`load(record)`; an image that does not decode (BadImage) stops the evaluation with a UserError naming
+    the record: an exact metric cannot skip it."""
+    try:
+        return load(record)
+    except BadImage as e:
+        name = record.get("name", "?") if isinstance(record, dict) else "?"
+        raise UserError(f"evaluation image {name} cannot be decoded ({e}); fix or remove it") from None
+
+
 def decode_for_eval(data: bytes, image_size: int, name: str, crop_ratio: float = 1.0) -> np.ndarray:
     """Encoded image -> uint8 [image_size, image_size, 3]: the central `crop_ratio` of the shorter side,
     resized.

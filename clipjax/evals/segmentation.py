@@ -29,8 +29,7 @@ from PIL import Image
 
 from clipjax.data.images import BadImage
 from clipjax.data.transforms import normalize_images
-from clipjax.errors import UserError
-from clipjax.evals.batches import eval_batches
+from clipjax.evals.batches import eval_batches, load_or_stop
 from clipjax.evals.segmentation_metrics import IGNORE_INDEX, confusion_matrix, segmentation_metrics
 from clipjax.evals.sliding import window_starts
 from clipjax.losses.segmentation import resize_logits
@@ -246,11 +245,7 @@ def _padded(
     their true sizes beside them ("size", "label_size": int32 [2])."""
 
     def padded(record: Any) -> dict[str, np.ndarray]:
-        try:
-            example = load(record)
-        except BadImage as e:
-            name = record.get("name", "?") if isinstance(record, dict) else "?"
-            raise UserError(f"evaluation image {name} cannot be decoded ({e}); fix or remove it") from None
+        example = load_or_stop(load, record)
         image, label = example["image"], example["label"]
         out_image = np.zeros((*canvas, 3), np.uint8)
         out_image[: image.shape[0], : image.shape[1]] = image

@@ -59,7 +59,9 @@ class MetricWriter:
         self._jsonl.write(json.dumps(safe) + "\n")
         self._jsonl.flush()
         for key, value in row.items():
-            if key != "step":
+            # TensorBoard cannot plot NaN (e.g. COCO's AP of a size bucket without objects) and warns on each;
+            # metrics.jsonl keeps the value.
+            if key != "step" and math.isfinite(value):
                 self._tensorboard.add_scalar(key, value, global_step=int(step))
 
     def close(self) -> None:

@@ -12,14 +12,15 @@ from ml_collections import ConfigDict
 
 from clipjax.train.layer_decay import layer_lr_scales
 
-SCHEDULES = ("cosine", "poly")
+SCHEDULES = ("cosine", "poly", "step")
 
 
 def lr_schedule(optim: ConfigDict, total_steps: int) -> optax.Schedule:
     """Learning rate of step s (0-based): lr * (s + 1) / warmup during the `optim.warmup_steps` warmup
     steps (so step 0 already learns, as open_clip's cosine_lr), then from lr down to lr * min_lr_ratio at
-    `total_steps`: a cosine (`optim.schedule="cosine"`) or mmsegmentation's polynomial decay
-    (`"poly"`: (1 - progress) ** optim.poly_power)."""
+    `total_steps`: a cosine (`optim.schedule="cosine"`), mmsegmentation's polynomial decay
+    (`"poly"`: (1 - progress) ** optim.poly_power), or detectron2's multi-step decay (`"step"`: lr times
+    optim.step_factor at each of optim.step_boundaries, fractions of total_steps; min_lr_ratio unused)."""
     warmup = min(optim.warmup_steps, total_steps)
     peak, end = optim.lr, optim.lr * optim.min_lr_ratio
     kind, power = optim.get("schedule", "cosine"), optim.get("poly_power", 1.0)
@@ -29,6 +30,9 @@ def lr_schedule(optim: ConfigDict, total_steps: int) -> optax.Schedule:
         progress = jnp.clip((step - warmup) / max(total_steps - warmup, 1), 0.0, 1.0)
         if kind == "poly":
             decayed = end + (peak - end) * (1.0 - progress) ** power
+        elif kind == "step":
+            passed = sum((step >= int(b * total_steps)).astype(jnp.float32) for b in optim.step_boundaries)
+            decayed = peak * optim.step_factor**passed
         else:
             decayed = end + (peak - end) * 0.5 * (1.0 + jnp.cos(jnp.pi * progress))
         return jnp.where(step < warmup, peak * (step + 1.0) / max(warmup, 1), decayed)
