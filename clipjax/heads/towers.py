@@ -19,7 +19,9 @@ def vit_feature_map(out: dict[str, Any], images: jax.Array) -> tuple[jax.Array, 
     stride = images.shape[1] // gh
     if (gh * stride, gw * stride) != images.shape[1:3]:
         raise ValueError(f"image size {images.shape[1:3]} is not a multiple of the patch grid {(gh, gw)}")
-    tokens = out["tokens"][:, 1:].astype(jnp.float32)  # index 0 is CLS
+    tokens = out["tokens"].astype(jnp.float32)
+    if tokens.shape[1] == gh * gw + 1:  # index 0 is CLS (towers with window attention drop it)
+        tokens = tokens[:, 1:]
     return tokens.reshape(tokens.shape[0], gh, gw, tokens.shape[-1]), stride
 
 

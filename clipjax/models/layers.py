@@ -192,6 +192,26 @@ class SelfAttention(nn.Module):
         return out, weights
 
 
+def window_partition(x: jax.Array, grid_h: int, grid_w: int, size: int) -> jax.Array:
+    """Tokens of a patch grid into non-overlapping size x size windows, as ViTDet: [B, grid_h * grid_w, D] ->
+    [B * windows, size * size, D], the grid padded with zeros at the bottom and right to multiples of `size`
+    (the padding tokens take part in their windows' attention, unmasked, as in ViTDet)."""
+    batch, _, width = x.shape
+    ph, pw = -(-grid_h // size) * size, -(-grid_w // size) * size
+    x = jnp.pad(x.reshape(batch, grid_h, grid_w, width), ((0, 0), (0, ph - grid_h), (0, pw - grid_w), (0, 0)))
+    x = x.reshape(batch, ph // size, size, pw // size, size, width).transpose(0, 1, 3, 2, 4, 5)
+    return x.reshape(-1, size * size, width)
+
+
+def window_merge(x: jax.Array, batch: int, grid_h: int, grid_w: int, size: int) -> jax.Array:
+    """The inverse of `window_partition`: [B * windows, size * size, D] -> [B, grid_h * grid_w, D], padding
+    dropped."""
+    ph, pw = -(-grid_h // size) * size, -(-grid_w // size) * size
+    width = x.shape[-1]
+    x = x.reshape(batch, ph // size, pw // size, size, size, width).transpose(0, 1, 3, 2, 4, 5)
+    return x.reshape(batch, ph, pw, width)[:, :grid_h, :grid_w].reshape(batch, grid_h * grid_w, width)
+
+
 class EncoderBlock(nn.Module):
     """Pre-norm transformer block: x + drop(attn(ln_1(x))), then x + drop(mlp(ln_2(x))), drop being
     `DropPath(drop_path)` (the identity unless training with a "dropout" rng). x [B, N, width] in `dtype`;
@@ -206,9 +226,15 @@ class EncoderBlock(nn.Module):
     dtype: Dtype = jnp.float32
     drop_path: float = 0.0  # stochastic depth rate of both residual branches
     norm_eps: float = LAYER_NORM_EPS  # timm's ViTs use 1e-6
+    # (grid height, grid width, window side): attend within non-overlapping windows of a patch grid (ViTDet);
+    # None attends globally.
+    window: tuple[int, int, int] | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array | None]:
+        y = layer_norm("ln_1", self.dtype, self.norm_eps)(x)
+        if self.window is not None:
+            y = window_partition(y, *self.window)
         y, weights = SelfAttention(
             self.num_heads,
             causal=self.causal,
@@ -216,7 +242,9 @@ class EncoderBlock(nn.Module):
             attention=self.attention,
             dtype=self.dtype,
             name="attn",
-        )(layer_norm("ln_1", self.dtype, self.norm_eps)(x))
+        )(y)
+        if self.window is not None:
+            y = window_merge(y, x.shape[0], *self.window)
         x = x + DropPath(self.drop_path, name="drop_path_1")(y)
         y = MlpBlock(self.mlp_dim, act=self.act, dtype=self.dtype, name="mlp")(
             layer_norm("ln_2", self.dtype, self.norm_eps)(x)
@@ -244,10 +272,18 @@ class Encoder(nn.Module):
     dtype: Dtype = jnp.float32
     drop_path: tuple[float, ...] = ()
     norm_eps: float = LAYER_NORM_EPS  # the blocks' LayerNorm epsilon
+    # ViTDet's backbone: blocks not in `global_blocks` attend within window_size x window_size windows of the
+    # patch grid given to __call__ (x then holds only patch tokens). 0: every block attends globally.
+    window_size: int = 0
+    global_blocks: tuple[int, ...] = ()
 
     @nn.compact
     def __call__(
-        self, x: jax.Array, return_layers: tuple[int, ...] = (), return_attention: bool = False
+        self,
+        x: jax.Array,
+        return_layers: tuple[int, ...] = (),
+        return_attention: bool = False,
+        grid: tuple[int, int] | None = None,
     ) -> tuple[jax.Array, dict[int, jax.Array], list[jax.Array]]:
         if self.drop_path and len(self.drop_path) != self.depth:
             raise ValueError(f"{len(self.drop_path)} drop path rates for {self.depth} blocks")
@@ -257,8 +293,11 @@ class Encoder(nn.Module):
             # Recomputing each block in the backward pass trades ~1/3 more compute for activation memory.
             block_cls = nn.remat(EncoderBlock, policy=REMAT_POLICIES[self.remat], prevent_cse=True)
         wanted = {i % self.depth for i in return_layers}
+        if self.window_size and (grid is None or grid[0] * grid[1] != x.shape[1]):
+            raise ValueError(f"window attention needs the patch grid of the {x.shape[1]} tokens, got {grid}")
         layers, attention = {}, []
         for i in range(self.depth):
+            windowed = self.window_size > 0 and i not in self.global_blocks
             x, weights = block_cls(
                 self.num_heads,
                 self.mlp_dim,
@@ -269,6 +308,7 @@ class Encoder(nn.Module):
                 dtype=self.dtype,
                 drop_path=rates[i],
                 norm_eps=self.norm_eps,
+                window=(*grid, self.window_size) if windowed else None,
                 name=f"block_{i}",
             )(x)
             if i in wanted:

@@ -26,7 +26,9 @@ class VisionTransformer(nn.Module):
     `patch_size`) and returns a dict:
       embedding  [B, embed_dim]  projected pooled feature (not L2-normalised), in `dtype`
       pooled     [B, width]      CLS token ("cls") or mean of patch tokens ("mean") after ln_post
-      tokens     [B, 1 + N, width]  every token after ln_post; index 0 is CLS, N = (H/p) * (W/p)
+      tokens     [B, 1 + N, width]  every token after ln_post; index 0 is CLS, N = (H/p) * (W/p); [B, N, width]
+                 (no CLS) with window attention, as are `layers`; windowed blocks' `attention` is per window,
+                 [B * windows, heads, w * w, w * w]
       layers     {block index: [B, 1 + N, width]}  raw outputs of the blocks in `return_layers`
       attention  [[B, heads, 1 + N, 1 + N] float32 per block] when `return_attention`, else []
       grid       (H/p, W/p)      the patch grid, to fold tokens back into feature maps
@@ -54,6 +56,11 @@ class VisionTransformer(nn.Module):
     dtype: Dtype = jnp.float32
     drop_path: float = 0.0
     layout: str = "clip"
+    # ViTDet's backbone for detection: blocks outside `global_blocks` attend within window_size x window_size
+    # windows of the patch grid, and the CLS token is dropped before the blocks (a pretrained one, and its
+    # position embedding, go unused); 0 keeps CLIP's ViT.
+    window_size: int = 0
+    global_blocks: tuple[int, ...] = ()
 
     @nn.compact
     def __call__(
@@ -91,6 +98,8 @@ class VisionTransformer(nn.Module):
             x = jnp.concatenate([cls, x], axis=1)
             x = x + self.param("pos_embed", init, (1 + gh * gw, self.width)).astype(x.dtype)
             x = layer_norm("ln_pre", self.dtype)(x)
+        if self.window_size:
+            x = x[:, 1:]
         x, layers, attention = Encoder(
             self.depth,
             self.num_heads,
@@ -101,10 +110,15 @@ class VisionTransformer(nn.Module):
             dtype=self.dtype,
             drop_path=drop_path_rates(self.drop_path, self.depth),
             norm_eps=eps,
+            window_size=self.window_size,
+            global_blocks=self.global_blocks,
             name="encoder",
-        )(x, return_layers, return_attention)
+        )(x, return_layers, return_attention, grid=(gh, gw))
         tokens = layer_norm("ln_post", self.dtype, eps)(x)
-        pooled = tokens[:, 0] if self.pool == "cls" else tokens[:, 1:].mean(axis=1)
+        if self.window_size:  # no CLS token: the pooled feature is the patches' mean
+            pooled = tokens.mean(axis=1)
+        else:
+            pooled = tokens[:, 0] if self.pool == "cls" else tokens[:, 1:].mean(axis=1)
         embedding = nn.Dense(
             self.embed_dim, use_bias=timm, dtype=self.dtype, kernel_init=nn.initializers.xavier_uniform(), name="proj"
         )(pooled)

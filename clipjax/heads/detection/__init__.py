@@ -1,0 +1,1 @@
+"""Mask R-CNN and Cascade Mask R-CNN: static-shape anchors, RPN, NMS, RoIAlign, RoI heads and their targets."""
