@@ -100,6 +100,10 @@ def base_config() -> ConfigDict:
             "min_lr_ratio": 0.0,  # the decay ends at lr * min_lr_ratio
             "schedule": "cosine",  # after warmup: "cosine", or "poly" ((1 - progress) ** poly_power, mmseg)
             "poly_power": 1.0,
+            # "step": the lr is multiplied by step_factor at each boundary (fractions of total_steps; ViTDet's
+            # Mask R-CNN schedules decay at 88.9% and 96.3%).
+            "step_boundaries": (0.889, 0.963),
+            "step_factor": 0.1,
             "weight_decay": 0.2,  # decoupled (AdamW); not applied to biases, norms, 1-D params, the scale
             "b1": 0.9,
             "b2": 0.95,
@@ -159,7 +163,8 @@ def base_config() -> ConfigDict:
             "eval_examples": None,  # the first N of the evaluation split (None: all of it, exact; 1000 synthetic)
             "eval_batch_size": 256,
             # The evaluation metric whose best value's weights are kept in <workdir>/best; None: the task's
-            # main one (eval/top1 for "finetune", eval/rmse for "depth", eval/miou for "segment"). Errors count
+            # main one (eval/top1 for "finetune", eval/rmse for "depth", eval/miou for "segment", eval/box_ap for
+            # "detect"). Errors count
             # smaller as better (rmse, abs_rel, ...).
             "best_metric": None,
         }
@@ -207,6 +212,54 @@ def base_config() -> ConfigDict:
             "eval_stride": 341,
             "flip_test": False,
             "eval_bucket": 128,
+        }
+    )
+
+    # Instance detection and segmentation finetuning (task "detect": Mask R-CNN, or Cascade Mask R-CNN with
+    # three stage_ious), COCO 2017 or the synthetic scenes' instances; the shared finetuning keys
+    # (eval_examples, eval_batch_size, best_metric) are config.finetune's, the training and evaluation canvas
+    # is model.image_size. data.kind "coco": data.path holds annotations/instances_{train,val}2017.json and
+    # the image folders (the generic data.train_split / eval_split stand for train2017 / val2017).
+    # Defaults are detectron2's ViTDet Mask R-CNN (clipjax/heads/detection/mask_rcnn.DetectorSettings).
+    c.detection = ConfigDict(
+        {
+            # ViT towers: ViTDet's window attention (0: every block global) except in global_blocks (None:
+            # the last block of each quarter of the tower, ViTDet's: (2, 5, 8, 11) for ViT-B).
+            "window_size": 14,
+            "global_blocks": None,
+            "pyramid_channels": 256,
+            "stage_ious": (0.5,),  # one box stage per IoU threshold: (0.5, 0.6, 0.7) is Cascade Mask R-CNN
+            "anchor_sizes": (32, 64, 128, 256, 512),  # anchor side (px) at pyramid strides 4, 8, 16, 32, 64
+            "rpn_convs": 2,  # ViTDet's; the classic FPN RPN head has 1
+            "rpn_pre_nms": (2000, 1000),  # proposals per level before NMS (training, inference)
+            "rpn_post_nms": (1000, 1000),  # proposals per image after NMS (training, inference)
+            "rpn_nms": 0.7,
+            "rpn_samples": 256,  # anchors per image that train the RPN, up to rpn_positive_fraction positive
+            "rpn_positive_fraction": 0.5,
+            "roi_samples": 512,  # RoIs per image that train the box heads, up to roi_positive_fraction positive
+            "roi_positive_fraction": 0.25,
+            "box_conv_dims": (256, 256, 256, 256),  # ViTDet's 4conv1fc box head; the classic 2fc: () and
+            "box_fc_dims": (1024,),  # (1024, 1024)
+            "head_norm": True,  # channel LayerNorm in the box and mask heads' convs
+            "mask_head_convs": 4,
+            "mask_head_channels": 256,
+            "box_pool": 7,
+            "mask_pool": 14,  # the mask head predicts 2 x mask_pool square masks
+            "sampling_ratio": 2,  # RoIAlign's samples per bin side
+            "box_loss": "smooth_l1",  # or "giou" (on decoded boxes)
+            "smooth_l1_beta": 0.0,  # 0: L1
+            # Inference: candidates over score_threshold, the best pre_nms_candidates (box, class) pairs,
+            # per-class NMS, the best detections_per_image.
+            "score_threshold": 0.05,
+            "nms_threshold": 0.5,
+            "pre_nms_candidates": 2000,
+            "detections_per_image": 100,
+            # Training data: large-scale jitter (the image fits model.image_size times a factor in scale_range,
+            # then a random crop of model.image_size), flips (data.flip); at most max_instances instances per
+            # image, each mask stored inside its box at mask_size x mask_size.
+            "scale_range": (0.1, 2.0),
+            "max_instances": 100,
+            "mask_size": 56,
         }
     )
 

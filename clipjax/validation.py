@@ -9,14 +9,19 @@ from ml_collections import ConfigDict
 from clipjax.config import choice
 from clipjax.data.classification import CLASSIFICATION_KINDS
 from clipjax.data.depth import DEPTH_KINDS
+from clipjax.data.detection import DETECTION_KINDS
 from clipjax.data.pipeline import CAPTION_POLICIES, DATA_KINDS
 from clipjax.data.segmentation import SEGMENTATION_KINDS
 from clipjax.data.transforms import NORMALIZATIONS
 from clipjax.errors import ConfigError
+from clipjax.evals.coco_metrics import STAT_NAMES
 from clipjax.evals.depth_metrics import DEPTH_METRICS
 from clipjax.evals.segmentation import INFERENCE_MODES
 from clipjax.evals.setup import CLASSNAME_SOURCES, ZEROSHOT_KINDS
 from clipjax.heads.classification import POOLS
+from clipjax.heads.detection.anchors import ANCHOR_SIZES
+from clipjax.heads.detection.boxes import CASCADE_WEIGHTS
+from clipjax.heads.detection.mask_rcnn import BOX_LOSSES
 from clipjax.heads.segmentation import DECODERS
 from clipjax.losses.contrastive import IMPLEMENTATIONS, LOSS_KINDS
 from clipjax.models.layers import ACTIVATIONS, ATTENTION_IMPLEMENTATIONS, REMAT_POLICIES, attention_implementation
@@ -33,7 +38,12 @@ from clipjax.parallel import mesh_shape
 from clipjax.tokenizer import VOCAB_SIZE
 from clipjax.train.optim import SCHEDULES
 
-FINETUNING_TASKS = ("finetune", "depth", "segment")  # tasks that start from config.init's image tower and add a head
+FINETUNING_TASKS = (
+    "finetune",
+    "depth",
+    "segment",
+    "detect",
+)  # tasks that start from config.init's image tower and add a head
 
 
 def validate(config: ConfigDict, *, num_devices: int, process_count: int, tasks: tuple[str, ...]) -> None:
@@ -66,6 +76,8 @@ def validate(config: ConfigDict, *, num_devices: int, process_count: int, tasks:
             _validate_classification(config)
         elif config.task == "depth":
             _validate_depth(config)
+        elif config.task == "detect":
+            _validate_detection(config)
         else:
             _validate_segmentation(config)
     elif config.optim.layer_decay != 1 or config.optim.ema_decay != 0:
@@ -252,6 +264,44 @@ def _validate_segmentation(config: ConfigDict) -> None:
             "with the decoder's; use 'train'"
         )
     _best_metric(config, ("miou", "macc", "aacc"))
+
+
+def _validate_detection(config: ConfigDict) -> None:
+    det = config.detection
+    choice("config.data.kind (detection)", config.data.kind, DETECTION_KINDS)
+    choice("config.detection.box_loss", det.box_loss, BOX_LOSSES)
+    if config.model.image_size % 64:
+        raise ConfigError(f"config.model.image_size={config.model.image_size}: detection needs a multiple of 64")
+    if len(det.anchor_sizes) != len(ANCHOR_SIZES) or min(det.anchor_sizes) <= 0:
+        raise ConfigError(
+            f"config.detection.anchor_sizes={tuple(det.anchor_sizes)}: one positive size per pyramid stride "
+            f"{tuple(ANCHOR_SIZES)}"
+        )
+    ious = tuple(det.stage_ious)
+    if not 0 < len(ious) <= len(CASCADE_WEIGHTS) or list(ious) != sorted(ious) or not all(0 < t < 1 for t in ious):
+        raise ConfigError(
+            f"config.detection.stage_ious={ious}: 1 to {len(CASCADE_WEIGHTS)} increasing IoU thresholds in (0, 1)"
+        )
+    blocks = () if det.global_blocks is None or is_mci(config.model.name) else tuple(det.global_blocks)
+    if det.window_size < 0 or any(not 0 <= b < image_tower_dims(config.model)["depth"] for b in blocks):
+        raise ConfigError(
+            f"config.detection: window_size={det.window_size} must be >= 0 and global_blocks={tuple(det.global_blocks)}"
+            " indices of the tower's blocks"
+        )
+    for key in ("rpn_samples", "roi_samples", "detections_per_image", "pre_nms_candidates", "max_instances"):
+        if det[key] < 1:
+            raise ConfigError(f"config.detection.{key}={det[key]} must be at least 1")
+    for key in ("rpn_positive_fraction", "roi_positive_fraction", "rpn_nms", "nms_threshold"):
+        if not 0 < det[key] <= 1:
+            raise ConfigError(f"config.detection.{key}={det[key]} must lie in (0, 1]")
+    if not 0 < det.scale_range[0] <= det.scale_range[1]:
+        raise ConfigError(f"config.detection.scale_range={tuple(det.scale_range)}: need 0 < low <= high")
+    if is_mci(config.model.name) and config.model.batch_norm != "train":
+        raise ConfigError(
+            f"config.model.batch_norm={config.model.batch_norm!r}: detection trains an MCi tower's BatchNorms "
+            "with the heads'; use 'train'"
+        )
+    _best_metric(config, tuple(f"{kind}_{m}" for kind in ("box", "mask") for m in STAT_NAMES))
 
 
 def _validate_eval(evaluation: ConfigDict) -> None:

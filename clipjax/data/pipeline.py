@@ -18,7 +18,7 @@ from clipjax.errors import ConfigError, UserError
 from clipjax.tokenizer import tokenize
 
 CAPTION_POLICIES = ("real", "synthetic", "mixed", "both")
-DATA_KINDS = ("synthetic", "webdataset", "tfds", "folder", "nyu", "ade20k")
+DATA_KINDS = ("synthetic", "webdataset", "tfds", "folder", "nyu", "ade20k", "coco")
 PRETRAIN_KINDS = ("synthetic", "webdataset")  # tfds and folder hold labelled images, not captions
 # A run whose data yields nothing usable must stop with a reason instead of reading forever.
 MAX_SKIPPED_IN_A_ROW = 10_000

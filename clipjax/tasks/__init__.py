@@ -1,6 +1,6 @@
 """Tasks: each is a `run(config, workdir, mesh) -> summary metrics` built on the shared train loop."""
 
-from clipjax.tasks import depth, evaluate, finetune, pretrain, segment
+from clipjax.tasks import depth, detect, evaluate, finetune, pretrain, segment
 
 TASKS = {
     "pretrain": pretrain.run,
@@ -8,4 +8,5 @@ TASKS = {
     "finetune": finetune.run,
     "depth": depth.run,
     "segment": segment.run,
+    "detect": detect.run,
 }

@@ -1,0 +1,119 @@
+"""Instance detection and segmentation finetuning (COCO 2017, the synthetic scenes' instances): Mask R-CNN or
+Cascade Mask R-CNN on a ViTDet simple feature pyramid with window attention for ViTs, on an FPN for MobileCLIP's
+MCi towers (clipjax/heads/detection/mask_rcnn.py).
+
+`config.init` names the weights (converted, pretrained or finetuned); their image tower is copied in with a
+report (clipjax/train/transfer.py), the detector's heads start fresh unless the weights were finetuned for
+detection with as many classes. Without `config.init`: random initialisation.
+
+The step: the RPN's and every box stage's losses and the mask loss, summed (detectron2's weights, all 1); drop
+path in the tower; AdamW with layer-wise lr decay and detectron2's multi-step schedule (config.optim.schedule
+"step"). Evaluation every `eval_every` steps over the evaluation split: box and mask AP (+ AP50, AP75, small /
+medium / large) from pycocotools; the results of the last evaluation go to <workdir>/coco_results.json, the best
+weights (config.finetune.best_metric, default eval/box_ap) to <workdir>/best.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import Any
+
+import jax
+import optax
+from jax.sharding import Mesh
+from ml_collections import ConfigDict
+
+from clipjax.data.detection import (
+    category_ids,
+    detection_dataset,
+    detection_eval_example,
+    detection_ground_truth,
+    detection_source,
+)
+from clipjax.data.transforms import normalize_images
+from clipjax.evals.detection import DetectionEvaluator
+from clipjax.heads.detection.mask_rcnn import MaskRCNN, build_detector
+from clipjax.train.init import read_metadata
+from clipjax.train.loop import Metrics, train
+from clipjax.train.transfer import finetuning_step, finetuning_task, model_config_from_init, optimizer_and_init
+
+DEFAULT_BEST_METRIC = "eval/box_ap"
+TARGET_KEYS = ("boxes", "classes", "masks")
+
+
+def make_detect_step(model: MaskRCNN, tx: optax.GradientTransformation, config: ConfigDict):
+    """(state, batch) -> (state, metrics): one AdamW step on the detector's summed losses, each also logged.
+
+    batch: image uint8 [B, S, S, 3], image_size int32 [B, 2], boxes float32 [B, N, 4], classes int32 [B, N]
+    (-1 padding), masks uint8 [B, N, m, m]. Drop path and the target sampling draw from the state's rng and
+    step, so a resumed run draws what an uninterrupted one would.
+    """
+
+    def loss_fn(params: Any, model_state: Any, batch: dict[str, jax.Array], rng: jax.Array):
+        dropout, sampling = jax.random.split(rng)
+        losses, updates = model.apply(
+            {"params": params, **model_state},
+            batch["image"],
+            batch["image_size"],
+            {key: batch[key] for key in TARGET_KEYS},
+            train=True,
+            rngs={"dropout": dropout, "sampling": sampling},
+            mutable=["batch_stats"],
+        )
+        loss = sum(losses.values())
+        return loss, ({**model_state, **updates}, {f"train/{k}": v for k, v in losses.items()})
+
+    return finetuning_step(config, tx, loss_fn)
+
+
+def make_predict(model: MaskRCNN, normalize: str):
+    """(variables, evaluation batch) -> the detector's detections for the batch's images (see MaskRCNN)."""
+
+    def predict(variables: Any, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
+        images = normalize_images(batch["image"], normalize)
+        return model.apply(variables, images, batch["image_size"])
+
+    return predict
+
+
+def run(config: ConfigDict, workdir: str, mesh: Mesh) -> Metrics:
+    """Finetunes the detector as `config` says, in `workdir` (resuming if it holds checkpoints)."""
+    config.model, config.data.normalize, origin = model_config_from_init(config)
+    train_source = detection_source(config, "train")
+    eval_source = detection_source(config, "eval")
+    num_classes = len(train_source.classes)
+    model = build_detector(config.model, num_classes, config.detection)
+    tx, init_state = optimizer_and_init(config, model)
+    kind = "Cascade Mask R-CNN" if model.settings.cascade else "Mask R-CNN"
+    if jax.process_index() == 0:
+        print(f"{kind} ({num_classes} classes) on {config.model.name} at {config.model.image_size} px from {origin}")
+
+    saved = read_metadata(config.init) if config.init is not None else {}
+    keep_head = saved.get("task") == "detect" and saved.get("num_classes") == num_classes
+    evaluator = DetectionEvaluator(
+        make_predict(model, config.data.normalize),
+        mesh,
+        eval_source,
+        functools.partial(detection_eval_example, image_size=config.model.image_size),
+        ground_truth=detection_ground_truth(eval_source, config.finetune.eval_examples),
+        category_ids=category_ids(eval_source),
+        batch_size=config.finetune.eval_batch_size,
+        num_examples=config.finetune.eval_examples,
+        num_threads=config.eval.num_threads,
+        results_path=os.path.join(workdir, "coco_results.json"),
+    )
+    task = finetuning_task(
+        config,
+        workdir,
+        init_state=init_state,
+        train_step=make_detect_step(model, tx, config),
+        make_dataset=detection_dataset,
+        train_source=train_source,
+        evaluate=evaluator,
+        keep_head=keep_head,
+        best_metric=config.finetune.best_metric or DEFAULT_BEST_METRIC,
+        num_classes=num_classes,
+        task="detect",
+    )
+    return train(config, workdir, mesh, task)
