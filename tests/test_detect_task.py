@@ -56,7 +56,7 @@ def test_mask_rcnn_overfits_real_photos_to_high_box_and_mask_ap(coco_root):
     )  # fmt: skip
     model = MaskRCNN(tower, len(source.classes), settings, pyramid_channels=32)
     images = normalize_images(batch["image"], "clip")
-    params = model.init(jax.random.PRNGKey(0), images[:1])["params"]
+    params = jax.jit(model.init)(jax.random.PRNGKey(0), images[:1])["params"]
     steps = 300
     tx = optax.adamw(optax.warmup_cosine_decay_schedule(0.0, 1e-3, 20, steps, 1e-5), weight_decay=1e-4)
 
@@ -124,10 +124,10 @@ def test_detection_on_the_coco_layout_writes_results_and_keeps_the_best(coco_roo
         f"--config.data.path={coco_root}",
         "--config.data.num_workers=1",  # jitter, flips and mask crops run in a grain worker process
         "--config.batch_size=8",
-        "--config.total_steps=4",
+        "--config.total_steps=2",
         "--config.eval_every=2",
-        "--config.log_every=2",
-        "--config.checkpoint_every=4",
+        "--config.log_every=1",
+        "--config.checkpoint_every=2",
         "--config.finetune.eval_batch_size=8",  # 2 validation images in one padded batch
         "--config.detection.global_blocks=(1,)",
         "--config.progress_bar=False",
@@ -136,7 +136,7 @@ def test_detection_on_the_coco_layout_writes_results_and_keeps_the_best(coco_roo
     assert main(flags) == 0
     rows = metrics_rows(workdir)
     evaluations = [row for row in rows if "eval/box_ap" in row]
-    assert [row["step"] for row in evaluations] == [2, 4]
+    assert [row["step"] for row in evaluations] == [2]
     for row in evaluations:
         assert 0 <= row["eval/box_ap"] <= 1 and 0 <= row["eval/mask_ap"] <= 1
     losses = [row for row in rows if "train/loss_mask" in row]

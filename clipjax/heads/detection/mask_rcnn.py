@@ -10,6 +10,8 @@ thresholds 0.5 / 0.6 / 0.7 and class-agnostic boxes for Cascade); the mask head 
 `__call__(images, image_sizes=None, targets=None, train=False)`:
   - train=True with `targets` (a "sampling" rng in the apply): {loss name: float32 []} — RPN objectness and
     deltas, each stage's classification and box regression, the mask loss.
+  - `init` without train creates the parameters through one box per image (no proposals or NMS, so it
+    compiles quickly); the apply then returns only {"masks": ...} of that box.
   - otherwise the detections: {"boxes": float32 [B, D, 4] (input pixels), "scores": float32 [B, D], "classes":
     int32 [B, D] (0..K-1), "masks": float32 [B, D, 2p, 2p] (probabilities of each detection's class inside its
     box), "valid": bool [B, D]}, D = settings.detections_per_image, best first.
@@ -148,16 +150,6 @@ class MaskRCNN(nn.Module):
         )
         rpn = RPNHead(len(ASPECT_RATIOS), s.rpn_convs, name="rpn")
         rpn_logits, rpn_deltas = rpn(levels)
-        phase = 0 if train else 1
-        proposals, _, proposals_valid = propose(
-            rpn_logits,
-            rpn_deltas,
-            anchors,
-            image_sizes,
-            pre_nms=s.rpn_pre_nms[phase],
-            post_nms=s.rpn_post_nms[phase],
-            nms_threshold=s.rpn_nms,
-        )
         box_heads = [
             (
                 BoxHead(s.box_conv_dims, s.box_fc_dims, s.head_norm, name=f"box_head_{k}"),
@@ -167,6 +159,23 @@ class MaskRCNN(nn.Module):
         ]
         mask_head = MaskHead(
             self.num_classes, s.mask_head_convs, s.mask_head_channels, norm=s.head_norm, name="mask_head"
+        )
+        if self.is_initializing() and not train:
+            # Parameters only: one box per image through every head, skipping proposals, NMS and top-k, which
+            # would make the init's compilation as long as the inference's.
+            boxes = jnp.broadcast_to(jnp.asarray([0.0, 0.0, 64.0, 64.0]), (batch, 1, 4))
+            for head in box_heads:
+                self._stage(pooled, boxes, head)
+            return {"masks": mask_head(multilevel_roi_align(pooled, boxes, s.mask_pool, s.sampling_ratio))}
+        phase = 0 if train else 1
+        proposals, _, proposals_valid = propose(
+            rpn_logits,
+            rpn_deltas,
+            anchors,
+            image_sizes,
+            pre_nms=s.rpn_pre_nms[phase],
+            post_nms=s.rpn_post_nms[phase],
+            nms_threshold=s.rpn_nms,
         )
         if train:
             return self._losses(levels, pooled, anchors, rpn_logits, rpn_deltas, proposals, proposals_valid,
