@@ -122,7 +122,7 @@ def test_detection_on_the_coco_layout_writes_results_and_keeps_the_best(coco_roo
         f"--workdir={workdir}",
         "--config.data.kind=coco",
         f"--config.data.path={coco_root}",
-        "--config.data.num_workers=1",  # jitter, flips and mask crops run in a grain worker process
+        "--config.data.num_workers=0",  # in-process: worker processes are exercised by the segmentation task test
         "--config.batch_size=8",
         "--config.total_steps=2",
         "--config.eval_every=2",
