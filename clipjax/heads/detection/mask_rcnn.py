@@ -111,7 +111,7 @@ class MaskRCNN(nn.Module):
     settings: DetectorSettings = DetectorSettings()
     pyramid_channels: int = 256
 
-    def pyramid(self, images: jax.Array, train: bool) -> dict[int, jax.Array]:
+    def pyramid(self, images: jax.Array) -> dict[int, jax.Array]:
         """{stride: [B, H/s, W/s, pyramid_channels] float32} for strides 4..64."""
         if isinstance(self.image, MCi):
             features = {s: f.astype(jnp.float32) for s, f in self.image(images)["features"].items()}
@@ -143,7 +143,7 @@ class MaskRCNN(nn.Module):
         batch = images.shape[0]
         if image_sizes is None:
             image_sizes = jnp.broadcast_to(jnp.asarray(images.shape[1:3], jnp.int32), (batch, 2))
-        levels = self.pyramid(images, train)
+        levels = self.pyramid(images)
         pooled = {stride: levels[stride] for stride in POOLED_STRIDES}
         anchors = multilevel_anchors(
             {stride: x.shape[1:3] for stride, x in levels.items()}, dict(zip(sorted(levels), s.anchor_sizes))
@@ -178,8 +178,8 @@ class MaskRCNN(nn.Module):
             nms_threshold=s.rpn_nms,
         )
         if train:
-            return self._losses(levels, pooled, anchors, rpn_logits, rpn_deltas, proposals, proposals_valid,
-                                image_sizes, targets, box_heads, mask_head)  # fmt: skip
+            return self._losses(pooled, anchors, rpn_logits, rpn_deltas, proposals, proposals_valid, image_sizes,
+                                targets, box_heads, mask_head)  # fmt: skip
         return self._detect(pooled, proposals, proposals_valid, image_sizes, box_heads, mask_head)
 
     def _stage(self, pooled: dict, boxes: jax.Array, head: tuple[nn.Module, nn.Module]) -> tuple[jax.Array, jax.Array]:
@@ -191,8 +191,8 @@ class MaskRCNN(nn.Module):
         box_head, predictor = head
         return predictor(box_head(features))
 
-    def _losses(self, levels, pooled, anchors, rpn_logits, rpn_deltas, proposals, proposals_valid, image_sizes,
-                targets, box_heads, mask_head) -> dict[str, jax.Array]:  # fmt: skip
+    def _losses(self, pooled, anchors, rpn_logits, rpn_deltas, proposals, proposals_valid, image_sizes, targets,
+                box_heads, mask_head) -> dict[str, jax.Array]:  # fmt: skip
         s = self.settings
         gt_boxes, gt_classes, gt_masks = targets["boxes"], targets["classes"], targets["masks"]
         batch = gt_boxes.shape[0]
