@@ -20,12 +20,10 @@ def smoke_pretraining(tmp_path_factory, worker_id) -> tuple[str, int, str]:
     """The demo's smoke pretraining through the command line, run once per test run (xdist workers share it):
     (workdir, exit status, stdout). Tests read its workdir (as config.init, or its files); one that trains on
     must copy it first."""
-    import contextlib
     import fcntl
-    import io
     import json
 
-    from clipjax.main import main
+    from tests.helpers import run_smoke_cli
 
     # Under xdist the base temp's parent is this run's, shared by its workers (pytest-xdist's recipe); alone,
     # the base temp itself.
@@ -36,15 +34,7 @@ def smoke_pretraining(tmp_path_factory, worker_id) -> tuple[str, int, str]:
     with open(root / "smoke.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # the first worker trains, the others wait for its result
         if not result.exists():
-            out = io.StringIO()
-            with contextlib.redirect_stdout(out):
-                status = main(
-                    [
-                        f"--config={REPO_ROOT}/configs/demo.py:smoke",
-                        f"--workdir={workdir}",
-                        "--config.progress_bar=false",
-                    ]
-                )
-            result.write_text(json.dumps({"status": status, "stdout": out.getvalue()}))
+            status, stdout = run_smoke_cli(REPO_ROOT, str(workdir))
+            result.write_text(json.dumps({"status": status, "stdout": stdout}))
     saved = json.loads(result.read_text())
     return str(workdir), saved["status"], saved["stdout"]

@@ -1,5 +1,8 @@
 """Helpers shared by several test modules."""
 
+import contextlib
+import io
+
 from ml_collections import ConfigDict
 
 from clipjax.defaults import base_config
@@ -17,3 +20,15 @@ def tiny_config(mesh: dict) -> ConfigDict:
     config.model.image.update(width=32, depth=2, heads=2, mlp_dim=64, patch_size=8)
     config.model.text.update(width=32, depth=2, heads=2, mlp_dim=64, context_length=8)
     return config
+
+
+def run_smoke_cli(repo_root: str, workdir: str, *extra: str) -> tuple[int, str]:
+    """The demo's smoke pretraining through the command line in `workdir`, with `extra` flags: (exit status,
+    stdout)."""
+    from clipjax.main import main
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        flags = [f"--config={repo_root}/configs/demo.py:smoke", f"--workdir={workdir}", "--config.progress_bar=false"]
+        status = main([*flags, *extra])
+    return status, out.getvalue()

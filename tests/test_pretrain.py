@@ -1,29 +1,13 @@
 """End to end: the smoke pretraining through the real command line, on 8 simulated devices, then a resume."""
 
-import contextlib
-import io
 import json
 import os
 import shutil
 
 import pytest
 
-from clipjax.main import main
 from clipjax.train.metrics import read_metrics
-
-
-def run_cli(repo_root, workdir, *extra):
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        status = main(
-            [
-                f"--config={repo_root}/configs/demo.py:smoke",
-                f"--workdir={workdir}",
-                "--config.progress_bar=false",
-                *extra,
-            ]
-        )
-    return status, out.getvalue()
+from tests.helpers import run_smoke_cli
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +52,7 @@ def test_rerunning_the_command_resumes_from_the_checkpoint(repo_root, smoke_run,
     workdir = str(tmp_path / "smoke")
     shutil.copytree(smoke_run[0], workdir)
     before = read_metrics(workdir)
-    status, stdout = run_cli(repo_root, workdir, "--config.total_steps=275")
+    status, stdout = run_smoke_cli(repo_root, workdir, "--config.total_steps=275")
     assert status == 0 and "steps                    275" in stdout
     after = read_metrics(workdir)
     assert after[: len(before)] == before  # nothing logged earlier is rewritten

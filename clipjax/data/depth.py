@@ -22,7 +22,7 @@ import numpy as np
 from ml_collections import ConfigDict
 
 from clipjax.data import synthetic
-from clipjax.data.images import BadImage, decode_image, decode_map
+from clipjax.data.images import BadImage, decode_map, record_image
 from clipjax.data.pipeline import configured_batches
 from clipjax.data.skips import skipped
 from clipjax.errors import ConfigError
@@ -129,12 +129,6 @@ def decode_depth_png(data: bytes) -> np.ndarray:
     return decode_map(data, np.uint16, "depth map").astype(np.float32) / MILLIMETRES_PER_METRE
 
 
-def _image_of(record: dict[str, Any]) -> np.ndarray:
-    """uint8 [H, W, 3]: the record's pixels, decoded when they are a file's bytes (raises BadImage)."""
-    image = record["image"]
-    return np.asarray(decode_image(image) if isinstance(image, bytes) else image, np.uint8)
-
-
 def _depth_of(record: dict[str, Any], shape: tuple[int, ...]) -> np.ndarray:
     """float32 [H, W] metres: the record's depth, decoded from "depth_png" when present.
 
@@ -187,7 +181,7 @@ def depth_train_example(
       depth  float32 [crop_size, crop_size]  metres, 0 invalid
     """
     try:
-        image = _image_of(record)
+        image = record_image(record)
     except BadImage:
         return skipped("corrupt_image")
     try:
@@ -216,7 +210,7 @@ def depth_eval_example(record: dict[str, Any]) -> dict[str, np.ndarray]:
     Raises:
       BadImage: an image or depth map that does not decode, or whose sizes differ.
     """
-    image = _image_of(record)
+    image = record_image(record)
     return {"image": image, "depth": _depth_of(record, image.shape[:2])}
 
 

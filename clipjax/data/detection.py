@@ -32,7 +32,7 @@ from ml_collections import ConfigDict
 
 from clipjax.data import synthetic
 from clipjax.data.coco import CocoSource, instance_masks
-from clipjax.data.images import BadImage, decode_image
+from clipjax.data.images import BadImage, record_image
 from clipjax.data.pipeline import configured_batches
 from clipjax.data.skips import skipped
 from clipjax.errors import ConfigError
@@ -59,12 +59,6 @@ def category_ids(source: Any) -> list[int]:
     """The ground truth's category id of each contiguous class index: COCO's ids for a CocoSource, 1..10 for
     SyntheticDetection."""
     return list(source.category_ids)
-
-
-def _image_of(record: dict[str, Any]) -> np.ndarray:
-    """uint8 [H, W, 3]: the record's pixels, decoded when they are a file's bytes (raises BadImage)."""
-    image = record["image"]
-    return np.asarray(decode_image(image) if isinstance(image, bytes) else image, np.uint8)
 
 
 def _instances_of(record: dict[str, Any], image_shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray] | None:
@@ -157,7 +151,7 @@ def detection_train_example(
                   it shrinks, bilinear otherwise, thresholded at half); zeros past the instances
     """
     try:
-        image = _image_of(record)
+        image = record_image(record)
     except BadImage:
         return skipped("corrupt_image")
     height, width = image.shape[:2]
@@ -230,7 +224,7 @@ def detection_eval_example(record: dict[str, Any], *, image_size: int) -> dict[s
     Raises:
       BadImage: an image that does not decode.
     """
-    image = _image_of(record)
+    image = record_image(record)
     height, width = image.shape[:2]
     factor = image_size / max(height, width)
     size = (min(max(int(height * factor + 0.5), 1), image_size), min(max(int(width * factor + 0.5), 1), image_size))

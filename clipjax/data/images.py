@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import math
+from typing import Any
 
 import cv2
 import numpy as np
@@ -204,3 +205,10 @@ def center_crop(pixels: np.ndarray, size: int, ratio: float = 1.0) -> np.ndarray
     side = max(1, round(min(width, height) * ratio))
     left, top = (width - side) // 2, (height - side) // 2
     return resize_region(pixels, (left, top, left + side, top + side), size)
+
+
+def record_image(record: dict[str, Any]) -> np.ndarray:
+    """A dense-task record's pixels: uint8 [H, W, 3], decoded when record["image"] holds a file's bytes (the
+    real datasets), as they are when it holds an array (the synthetic scenes). Raises BadImage."""
+    image = record["image"]
+    return np.asarray(decode_image(image) if isinstance(image, bytes) else image, np.uint8)

@@ -28,7 +28,7 @@ import numpy as np
 from ml_collections import ConfigDict
 
 from clipjax.data import synthetic
-from clipjax.data.images import BadImage, decode_image, decode_map
+from clipjax.data.images import BadImage, decode_map, record_image
 from clipjax.data.pipeline import configured_batches
 from clipjax.data.skips import skipped
 from clipjax.errors import ConfigError
@@ -165,12 +165,6 @@ def ade_labels(raw: np.ndarray) -> np.ndarray:
     reduced = np.asarray(raw, np.uint8) - np.uint8(1)
     reduced[reduced == IGNORE_LABEL - 1] = IGNORE_LABEL
     return reduced
-
-
-def _image_of(record: dict[str, Any]) -> np.ndarray:
-    """uint8 [H, W, 3]: the record's pixels, decoded when they are a file's bytes (raises BadImage)."""
-    image = record["image"]
-    return np.asarray(decode_image(image) if isinstance(image, bytes) else image, np.uint8)
 
 
 def _label_of(record: dict[str, Any], shape: tuple[int, ...], reduce_zero_label: bool) -> np.ndarray:
@@ -324,7 +318,7 @@ def segmentation_train_example(
       label  uint8 [crop_size, crop_size]  class ids, IGNORE_LABEL ignored
     """
     try:
-        image = _image_of(record)
+        image = record_image(record)
     except BadImage:
         return skipped("corrupt_image")
     try:
@@ -361,7 +355,7 @@ def segmentation_eval_example(
     Raises:
       BadImage: an image or label map that does not decode, or whose sizes differ.
     """
-    image = _image_of(record)
+    image = record_image(record)
     label = _label_of(record, image.shape[:2], reduce_zero_label)
     if scale is not None:
         image, _ = random_resize(image, None, tuple(scale), 1.0)
