@@ -77,6 +77,10 @@ def base_config() -> ConfigDict:
     # Attention kernel of ViT and text blocks: "auto" (cuDNN flash attention on CUDA GPUs with bfloat16
     # compute, XLA elsewhere), "xla", or "cudnn" (an error where cuDNN cannot run).
     c.model.attention = "auto"
+    # Step the transformer blocks with nn.scan (one compiled block per tower, parameters stacked on a leading
+    # [depth] axis): compile time stops growing with depth; the function is the same, and checkpoints load
+    # into either layout. Not with ViTDet's window attention (its windowed and global blocks differ).
+    c.model.scan = False
     c.model.temperature_init = 0.07  # the logit scale starts at 1 / temperature_init
     c.model.logit_scale_max = 100.0  # the logit scale is clamped to [1, logit_scale_max] after each update
     c.model.logit_bias_init = None  # a learnable logit bias starting here (SigLIP: -10); None: no bias

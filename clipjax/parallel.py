@@ -19,6 +19,8 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 from ml_collections import ConfigDict
 
+from clipjax.models.scan_layout import in_scanned_blocks
+
 MESH_AXES = ("data", "fsdp")
 BATCH_AXES = ("data", "fsdp")
 
@@ -88,10 +90,19 @@ def fsdp_spec(shape: Sequence[int], fsdp_size: int, min_size: int) -> P:
 def state_shardings(abstract_state: Any, mesh: Mesh, min_size: int) -> Any:
     """NamedShardings for every leaf of a pytree of arrays or ShapeDtypeStructs, by the fsdp rule.
 
-    The rule depends only on a leaf's shape, so optimizer moments get the same layout as their parameters.
+    The rule depends only on a leaf's shape and path, so optimizer moments get the same layout as their
+    parameters. A scanned encoder's stacked arrays (under encoder/blocks) follow the rule for one block and
+    keep the [depth] axis whole: each scan step slices one block, which a split depth axis would turn into an
+    all-gather of every block.
     """
     fsdp_size = mesh.shape["fsdp"]
-    return jax.tree.map(lambda leaf: NamedSharding(mesh, fsdp_spec(leaf.shape, fsdp_size, min_size)), abstract_state)
+
+    def sharding(path: tuple, leaf: Any) -> NamedSharding:
+        if in_scanned_blocks(path):
+            return NamedSharding(mesh, P(None, *fsdp_spec(leaf.shape[1:], fsdp_size, min_size)))
+        return NamedSharding(mesh, fsdp_spec(leaf.shape, fsdp_size, min_size))
+
+    return jax.tree_util.tree_map_with_path(sharding, abstract_state)
 
 
 def put_batch(batch: dict[str, np.ndarray], sharding: NamedSharding) -> dict[str, jax.Array]:

@@ -288,6 +288,12 @@ def _validate_detection(config: ConfigDict) -> None:
             f"config.detection: window_size={det.window_size} must be >= 0 and global_blocks={tuple(det.global_blocks)}"
             " indices of the tower's blocks"
         )
+    depth = 0 if is_mci(config.model.name) else image_tower_dims(config.model)["depth"]
+    if config.model.scan and det.window_size and len(set(blocks)) < depth:
+        raise ConfigError(
+            f"config.model.scan=True cannot step ViTDet's windowed and global blocks as one (detection.window_size="
+            f"{det.window_size}); set config.model.scan=False"
+        )
     for key in ("rpn_samples", "roi_samples", "detections_per_image", "pre_nms_candidates", "max_instances"):
         if det[key] < 1:
             raise ConfigError(f"config.detection.{key}={det[key]} must be at least 1")

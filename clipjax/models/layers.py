@@ -95,16 +95,20 @@ class DropPath(nn.Module):
     rate: float = 0.0
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, rate: jax.Array | None = None) -> jax.Array:
+        """`rate`, a float32 scalar, replaces the static `self.rate` where it is only known when tracing (a
+        scanned stack of blocks, each with its own rate)."""
         if not 0.0 <= self.rate <= 1.0:
             raise ValueError(f"drop path rate must be in [0, 1], got {self.rate}")
-        if self.rate == 0.0 or not self.has_rng("dropout"):
+        if (rate is None and self.rate == 0.0) or not self.has_rng("dropout"):
             return x
-        keep_prob = 1.0 - self.rate
+        keep_prob = 1.0 - (self.rate if rate is None else rate)
         # One draw per sample, broadcast over every other axis: the whole branch is dropped, not elements.
         keep = jax.random.bernoulli(self.make_rng("dropout"), keep_prob, (x.shape[0],) + (1,) * (x.ndim - 1))
-        if keep_prob == 0.0:  # rate 1: always dropped (timm does not rescale then)
+        if rate is None and keep_prob == 0.0:  # rate 1: always dropped (timm does not rescale then)
             return jnp.zeros_like(x)
+        if rate is not None:  # a traced rate of 1 drops every sample; keep 1 / keep_prob finite for the gradient
+            keep_prob = jnp.maximum(keep_prob, jnp.finfo(jnp.float32).tiny)
         # Scale in at least float32 so a bfloat16 branch is rounded once, not also by a rounded 1 / keep_prob.
         scaled = (x.astype(jnp.promote_types(x.dtype, jnp.float32)) / keep_prob).astype(x.dtype)
         return jnp.where(keep, scaled, jnp.zeros((), x.dtype))
@@ -231,7 +235,8 @@ class EncoderBlock(nn.Module):
     window: tuple[int, int, int] | None = None
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array | None]:
+    def __call__(self, x: jax.Array, drop_rate: jax.Array | None = None) -> tuple[jax.Array, jax.Array | None]:
+        """`drop_rate` (a float32 scalar) replaces `drop_path` where it is traced (see `DropPath`)."""
         y = layer_norm("ln_1", self.dtype, self.norm_eps)(x)
         if self.window is not None:
             y = window_partition(y, *self.window)
@@ -245,21 +250,38 @@ class EncoderBlock(nn.Module):
         )(y)
         if self.window is not None:
             y = window_merge(y, x.shape[0], *self.window)
-        x = x + DropPath(self.drop_path, name="drop_path_1")(y)
+        x = x + DropPath(self.drop_path, name="drop_path_1")(y, drop_rate)
         y = MlpBlock(self.mlp_dim, act=self.act, dtype=self.dtype, name="mlp")(
             layer_norm("ln_2", self.dtype, self.norm_eps)(x)
         )
-        x = x + DropPath(self.drop_path, name="drop_path_2")(y)
+        x = x + DropPath(self.drop_path, name="drop_path_2")(y, drop_rate)
         return x, weights
 
 
+class _ScannedBlock(EncoderBlock):
+    """An EncoderBlock as `nn.scan` steps it: (x, drop rate) -> (x, (x or None, attention weights or None)),
+    the block's output also emitted (stacked over blocks by the scan) when `keep_output`."""
+
+    keep_output: bool = False
+
+    def __call__(self, x: jax.Array, drop_rate: jax.Array | None = None) -> tuple[jax.Array, tuple]:
+        x, weights = super().__call__(x, drop_rate)
+        return x, (x if self.keep_output else None, weights)
+
+
 class Encoder(nn.Module):
-    """A stack of `depth` EncoderBlocks named block_0 .. block_{depth-1}.
+    """A stack of `depth` EncoderBlocks named block_0 .. block_{depth-1}, or with `scan` one block `blocks`
+    whose parameters carry a leading [depth] axis, stepped by `nn.scan`.
 
     `__call__(x [B, N, width], return_layers=(i, ...), return_attention=False)` returns
     `(x, layers, attention)`: `layers` maps each requested block index (negative counts from the end) to
     that block's output [B, N, width]; `attention` lists every block's weights [B, heads, N, N] when asked.
     `drop_path` holds each block's stochastic depth rate (e.g. `drop_path_rates(rate, depth)`); empty: none.
+
+    `scan` compiles one block instead of `depth` (XLA's compile time and program size no longer grow with
+    depth) and computes the same function; the parameter trees differ only in layout
+    (`clipjax.models.scan_layout` converts between them). Window attention needs unscanned blocks (windowed
+    and global blocks differ).
     """
 
     depth: int
@@ -276,6 +298,7 @@ class Encoder(nn.Module):
     # patch grid given to __call__ (x then holds only patch tokens). 0: every block attends globally.
     window_size: int = 0
     global_blocks: tuple[int, ...] = ()
+    scan: bool = False
 
     @nn.compact
     def __call__(
@@ -288,31 +311,61 @@ class Encoder(nn.Module):
         if self.drop_path and len(self.drop_path) != self.depth:
             raise ValueError(f"{len(self.drop_path)} drop path rates for {self.depth} blocks")
         rates = self.drop_path or (0.0,) * self.depth
+        wanted = {i % self.depth for i in return_layers}
+        if self.window_size and (grid is None or grid[0] * grid[1] != x.shape[1]):
+            raise ValueError(f"window attention needs the patch grid of the {x.shape[1]} tokens, got {grid}")
+        block_options = dict(
+            act=self.act,
+            causal=self.causal,
+            return_weights=return_attention,
+            attention=self.attention,
+            dtype=self.dtype,
+            norm_eps=self.norm_eps,
+        )
+        if self.scan:
+            return self._scanned(x, wanted, return_attention, rates, block_options)
         block_cls = EncoderBlock
         if self.remat != "none":
             # Recomputing each block in the backward pass trades ~1/3 more compute for activation memory.
             block_cls = nn.remat(EncoderBlock, policy=REMAT_POLICIES[self.remat], prevent_cse=True)
-        wanted = {i % self.depth for i in return_layers}
-        if self.window_size and (grid is None or grid[0] * grid[1] != x.shape[1]):
-            raise ValueError(f"window attention needs the patch grid of the {x.shape[1]} tokens, got {grid}")
         layers, attention = {}, []
         for i in range(self.depth):
             windowed = self.window_size > 0 and i not in self.global_blocks
             x, weights = block_cls(
                 self.num_heads,
                 self.mlp_dim,
-                act=self.act,
-                causal=self.causal,
-                return_weights=return_attention,
-                attention=self.attention,
-                dtype=self.dtype,
                 drop_path=rates[i],
-                norm_eps=self.norm_eps,
                 window=(*grid, self.window_size) if windowed else None,
                 name=f"block_{i}",
+                **block_options,
             )(x)
             if i in wanted:
                 layers[i] = x
             if return_attention:
                 attention.append(weights)
         return x, layers, attention
+
+    def _scanned(
+        self, x: jax.Array, wanted: set[int], return_attention: bool, rates: tuple[float, ...], block_options: dict
+    ) -> tuple[jax.Array, dict[int, jax.Array], list[jax.Array]]:
+        """The blocks as one `nn.scan` over a [depth]-stacked block; per-block drop rates go in as scanned
+        float32 scalars. Requested layers and weights come out stacked and are split per block."""
+        if self.window_size and len(self.global_blocks) < self.depth:
+            raise ValueError("a scanned encoder cannot mix windowed and global blocks; use scan=False")
+        block_cls = _ScannedBlock
+        if self.remat != "none":
+            # Inside a scan, XLA cannot merge the recomputation across iterations, so no CSE barrier is needed.
+            block_cls = nn.remat(_ScannedBlock, policy=REMAT_POLICIES[self.remat], prevent_cse=False)
+        varying = any(rates)
+        scanned = nn.scan(
+            block_cls,
+            variable_axes={"params": 0},
+            split_rngs={"params": True, "dropout": True},
+            in_axes=0 if varying else nn.broadcast,
+            length=self.depth,
+        )
+        x, (outputs, weights) = scanned(
+            self.num_heads, self.mlp_dim, keep_output=bool(wanted), name="blocks", **block_options
+        )(x, jnp.asarray(rates, jnp.float32) if varying else None)
+        layers = {i: outputs[i] for i in sorted(wanted)}
+        return x, layers, list(weights) if return_attention else []

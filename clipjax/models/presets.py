@@ -75,6 +75,8 @@ def build_image_tower(model: ConfigDict) -> nn.Module:
         layout=model.image.get("layout", "clip"),
         act=model.act,
         remat=model.remat,
+        # Configs saved before scanning existed have no `scan`: their blocks were unscanned.
+        scan=model.get("scan", False),
         attention=model.attention,
         dtype=DTYPES[model.dtype],
         drop_path=drop_path,
@@ -95,6 +97,8 @@ def build_clip(model: ConfigDict) -> CLIP:
         act=model.act,
         causal=model.text.causal,
         remat=model.remat,
+        # Configs saved before scanning existed have no `scan`: their blocks were unscanned.
+        scan=model.get("scan", False),
         attention=model.attention,
         dtype=DTYPES[model.dtype],
     )

@@ -36,6 +36,7 @@ class TextTransformer(nn.Module):
     act: str = "gelu"
     causal: bool = True  # False: every token sees every token (MobileCLIP-S1/S2 text towers)
     remat: str = "none"
+    scan: bool = False  # nn.scan over the blocks (see clipjax.models.layers.Encoder)
     attention: str = "auto"  # see clipjax.models.layers.attention_implementation
     dtype: Dtype = jnp.float32
 
@@ -62,6 +63,7 @@ class TextTransformer(nn.Module):
             act=self.act,
             causal=self.causal,
             remat=self.remat,
+            scan=self.scan,
             attention=self.attention,
             dtype=self.dtype,
             name="encoder",

@@ -52,6 +52,7 @@ class VisionTransformer(nn.Module):
     stem: str = "patch"
     act: str = "gelu"
     remat: str = "none"
+    scan: bool = False  # nn.scan over the blocks (see clipjax.models.layers.Encoder)
     attention: str = "auto"  # see clipjax.models.layers.attention_implementation
     dtype: Dtype = jnp.float32
     drop_path: float = 0.0
@@ -106,6 +107,7 @@ class VisionTransformer(nn.Module):
             self.mlp_dim,
             act=self.act,
             remat=self.remat,
+            scan=self.scan,
             attention=self.attention,
             dtype=self.dtype,
             drop_path=drop_path_rates(self.drop_path, self.depth),

@@ -23,6 +23,7 @@ from jax.experimental import multihost_utils
 from ml_collections import ConfigDict
 
 from clipjax.errors import ConfigError, UserError
+from clipjax.models.scan_layout import match_block_layout
 
 METADATA_FILE = "clipjax_init.json"
 
@@ -205,6 +206,7 @@ def transplant(
       ConfigError: a copied array's shape differs from the saved one in any other way, or nothing at all
         could be copied (the checkpoint holds another architecture).
     """
+    saved = match_block_layout(saved, target)  # a scanned checkpoint into unscanned blocks, or the other way
     saved_flat = {_path(p): np.asarray(v) for p, v in jax.tree_util.tree_flatten_with_path(saved)[0]}
     used: set[str] = set()
     report = InitReport([], [], [], [])

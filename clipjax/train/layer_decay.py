@@ -12,6 +12,7 @@ Two tower kinds are recognised from their parameter names (depths are read from 
   ViT (clipjax.models.vit.VisionTransformer), L = number of encoder blocks:
     stem_conv_i, stem_norm_i, patch_embed, cls_token, pos_embed, ln_pre   -> 0
     encoder/block_i                                                       -> i + 1
+    encoder/blocks (scanned: arrays stacked over blocks on a leading axis) -> [1, ..., L] along that axis
     ln_post, proj, anything else                                          -> L + 1
 
   MCi (clipjax.models.mci.MCi), L = number of blocks over all stages:
@@ -29,6 +30,8 @@ from typing import Any
 
 import jax
 import numpy as np
+
+from clipjax.models.scan_layout import SCANNED_BLOCKS, is_scanned
 
 # Parameters of a ViT that act on the input before the first transformer block.
 _VIT_STEM = ("patch_embed", "cls_token", "pos_embed", "ln_pre")
@@ -52,13 +55,16 @@ def _indices(names: Any, pattern: re.Pattern, where: str) -> list[int]:
     return found
 
 
-def _vit_layer(path: tuple[str, ...], depth: int) -> int:
-    """Layer index of the parameter at `path` (names below "image") of a ViT with `depth` blocks."""
+def _vit_layer(path: tuple[str, ...], depth: int, ndim: int) -> int | np.ndarray:
+    """Layer index of the parameter (of rank `ndim`) at `path` (names below "image") of a ViT with `depth`
+    blocks; for a scanned encoder's stacked parameter, the blocks' indices [depth, 1, ...] (int, rank ndim)."""
     top = path[0]
     if top in _VIT_STEM or top.startswith(_VIT_STEM_PREFIXES):
         return 0
     if top == "encoder" and len(path) > 1 and (m := _VIT_BLOCK.fullmatch(path[1])):
         return int(m.group(1)) + 1
+    if top == "encoder" and len(path) > 1 and path[1] == SCANNED_BLOCKS:
+        return np.arange(1, depth + 1).reshape((depth,) + (1,) * (ndim - 1))
     return depth + 1
 
 
@@ -87,6 +93,7 @@ def layer_ids(params: Any) -> tuple[Any, int]:
     Returns:
       (a pytree with the structure of `params` whose leaves are Python ints in [0, L + 1], L), where L is
       the number of blocks of the image tower; the head's (and everything outside "image") index is L + 1.
+      A scanned encoder's stacked leaves get an int array [L, 1, ...] (their rank) of 1..L instead.
 
     Raises:
       ValueError: no ViT or MCi tower is recognisable under "image".
@@ -97,18 +104,20 @@ def layer_ids(params: Any) -> tuple[Any, int]:
         raise ValueError(f"layer decay needs the image tower under the key 'image'; the parameters have {keys}")
     encoder = image.get("encoder")
     blocks = _indices(encoder, _VIT_BLOCK, "the ViT's encoder blocks") if isinstance(encoder, Mapping) else []
+    if is_scanned(encoder):
+        blocks = list(range(jax.tree.leaves(encoder)[0].shape[0]))
     if blocks:
         depth = len(blocks)
 
-        def tower_layer(path: tuple[str, ...]) -> int:
-            return _vit_layer(path, depth)
+        def tower_layer(path: tuple[str, ...], ndim: int) -> int | np.ndarray:
+            return _vit_layer(path, depth, ndim)
 
     elif stages := _indices(image, _MCI_STAGE, "the MCi stages"):
         counts = [len(_indices(image[f"stages_{s}"], _MCI_BLOCK, f"the blocks of stages_{s}")) for s in stages]
         offsets = {s: sum(counts[:s]) for s in stages}
         depth = sum(counts)
 
-        def tower_layer(path: tuple[str, ...]) -> int:
+        def tower_layer(path: tuple[str, ...], ndim: int) -> int:
             return _mci_layer(path, offsets, depth)
 
     else:
@@ -117,9 +126,9 @@ def layer_ids(params: Any) -> tuple[Any, int]:
             f"{sorted(map(str, image))}"
         )
 
-    def leaf_layer(path: tuple, _: Any) -> int:
+    def leaf_layer(path: tuple, leaf: Any) -> int | np.ndarray:
         names = tuple(_key_name(key) for key in path)
-        return tower_layer(names[1:]) if names[0] == "image" and len(names) > 1 else depth + 1
+        return tower_layer(names[1:], len(leaf.shape)) if names[0] == "image" and len(names) > 1 else depth + 1
 
     return jax.tree_util.tree_map_with_path(leaf_layer, params), depth
 
@@ -128,12 +137,13 @@ def layer_lr_scales(params: Any, decay: float) -> Any:
     """Learning-rate multiplier of every parameter: decay ** (L + 1 - layer_id), 1 for the head.
 
     Args:
-      params: as for `layer_ids` (only the tree's paths are read).
+      params: as for `layer_ids` (only the tree's paths and leaves' ranks are read).
       decay: the per-layer factor, e.g. 0.65 (BEiT/MAE ViT-B); 1.0 gives all ones.
 
     Returns:
-      A pytree with the structure of `params` of numpy float32 scalars (compile-time constants under jit).
+      A pytree with the structure of `params` of numpy float32 scalars (compile-time constants under jit);
+      a scanned encoder's stacked leaves get float32 arrays [L, 1, ...] that broadcast over their blocks.
     """
     ids, depth = layer_ids(params)
     # The power in float64, rounded to float32 once.
-    return jax.tree.map(lambda i: np.float32(decay ** (depth + 1 - i)), ids)
+    return jax.tree.map(lambda i: np.float32(decay ** (depth + 1 - np.asarray(i))), ids)

@@ -44,7 +44,7 @@ Metrics = dict[str, Any]
 INCOMPATIBLE_KEYS = ("task", "seed", "model", "loss.kind")
 COMPATIBLE_MODEL_KEYS = ("model.dtype", "model.remat", "model.attention", "model.drop_path")
 # Keys that configs saved by earlier versions lack, with the value those versions meant.
-LATER_KEYS = {"model.image.layout": "clip"}
+LATER_KEYS = {"model.image.layout": "clip", "model.scan": False}
 # How a logging window reduces each metric; everything else is averaged.
 WINDOW_REDUCTIONS = {"train/skipped_steps": "last", "train/bad_streak": "max"}
 

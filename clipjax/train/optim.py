@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import optax
 from ml_collections import ConfigDict
 
+from clipjax.models.scan_layout import in_scanned_blocks
 from clipjax.train.layer_decay import layer_lr_scales
 
 SCHEDULES = ("cosine", "poly", "step")
@@ -47,8 +48,9 @@ def global_norm(tree: Any) -> jax.Array:
 
 def weight_decay_mask(params: Any) -> Any:
     """True where weight decay applies: matrices and embeddings. Biases, norm scales, 1-D tokens and the
-    logit scale (all with fewer than 2 dimensions) are excluded, as open_clip does."""
-    return jax.tree.map(lambda p: p.ndim >= 2, params)
+    logit scale (all with fewer than 2 dimensions) are excluded, as open_clip does; a scanned encoder's
+    stacked parameters are judged by one block's rank."""
+    return jax.tree_util.tree_map_with_path(lambda path, p: p.ndim - in_scanned_blocks(path) >= 2, params)
 
 
 def scale_by_tree(scales: Any) -> optax.GradientTransformation:
