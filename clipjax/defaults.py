@@ -73,7 +73,8 @@ def base_config() -> ConfigDict:
     )
     c.model.act = "gelu"  # "gelu" (open_clip, LAION/DataComp weights) or "quick_gelu" (OpenAI weights)
     c.model.dtype = "float32"  # compute dtype: "float32" or "bfloat16"; parameters stay float32
-    c.model.remat = "none"  # rematerialise each block: "none", "full" (save nothing), "dots" (save matmuls)
+    # Rematerialise each block: "none", "full" (save nothing), "dots" (save matmuls and cuDNN attention).
+    c.model.remat = "none"
     # Attention kernel of ViT and text blocks: "auto" (cuDNN flash attention on CUDA GPUs with bfloat16
     # compute, XLA elsewhere), "xla", or "cudnn" (an error where cuDNN cannot run).
     c.model.attention = "auto"

@@ -23,9 +23,23 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "quick_gelu": lambda x: x * nn.sigmoid(1.702 * x),
 }
 
+# JAX's primitive for cuDNN's fused attention forward (jax._src.cudnn.fused_attention_stablehlo).
+CUDNN_ATTENTION_FORWARD = "dot_product_attention_fwd_wrapper"
+
+
+def dots_and_attention_saveable(prim: Any, *args: Any, **params: Any) -> bool:
+    """Rematerialisation policy: save what `dots_with_no_batch_dims_saveable` saves, and cuDNN's fused
+    attention forward (two matmuls in one kernel) with its softmax statistics. The kernel is a custom call,
+    not a dot, so the plain policy would run it again in the backward pass (one more attention forward per
+    block; tests/test_gpu_lowering.py counts the calls)."""
+    return prim.name == CUDNN_ATTENTION_FORWARD or jax.checkpoint_policies.dots_with_no_batch_dims_saveable(
+        prim, *args, **params
+    )
+
+
 REMAT_POLICIES: dict[str, Any] = {
     "full": jax.checkpoint_policies.nothing_saveable,
-    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "dots": dots_and_attention_saveable,
 }
 
 LAYER_NORM_EPS = 1e-5  # open_clip's value; converted checkpoints depend on it
