@@ -141,6 +141,10 @@ def base_config() -> ConfigDict:
     c.data.train_split = "train"
     c.data.eval_split = "validation"
     c.data.num_workers = 0  # grain worker processes; 0 decodes in threads of the training process
+    # Batches read and placed on the devices ahead of the step by a background thread, so the devices do not
+    # wait for the next batch's read and copy after the loop blocks (logging, evaluation, checkpoints).
+    # 0: the loop places each batch itself.
+    c.data.prefetch_to_device = 2
     c.data.num_threads = 2  # grain reader threads per process
     c.data.synthetic = ConfigDict({"num_examples": 100_000, "max_objects": 4})
 

@@ -161,6 +161,8 @@ def _validate_data(config: ConfigDict) -> None:
         )
     if not 0.0 <= data.synthetic_prob <= 1.0:
         raise ConfigError(f"config.data.synthetic_prob={data.synthetic_prob} must lie in [0, 1]")
+    if data.prefetch_to_device < 0:
+        raise ConfigError(f"config.data.prefetch_to_device={data.prefetch_to_device} must be 0 (off) or more batches")
     if len(data.crop_scale) != 2 or not 0 < data.crop_scale[0] <= data.crop_scale[1] <= 1:
         raise ConfigError(
             f"config.data.crop_scale={tuple(data.crop_scale)} must be (low, high) with 0 < low <= high <= 1"

@@ -13,6 +13,7 @@ The newest `keep` checkpoints are kept, plus every step that is a multiple of `k
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
@@ -58,12 +59,13 @@ class Checkpointer:
         """The newest complete checkpoint's step, or None."""
         return self._manager.latest_step()
 
-    def save(self, step: int, state: TrainState, data_iterator: grain.DatasetIterator, loop: dict[str, Any]) -> None:
-        """Starts saving `step`; the iterator position and `loop` are read now, the arrays written in the
-        background. An earlier save that failed in the background is reported here."""
+    def save(self, step: int, state: TrainState, data_position: dict[str, Any], loop: dict[str, Any]) -> None:
+        """Starts saving `step`; `data_position` (a grain iterator's `get_state()` after the step's batch) and
+        `loop` are written now, the arrays in the background. An earlier save that failed in the background
+        is reported here."""
         args = ocp.args.Composite(
             state=ocp.args.StandardSave(state),
-            data=grain.checkpoint.CheckpointSave(data_iterator),
+            data=grain.checkpoint.CheckpointSave(_Position(data_position)),
             loop=ocp.args.JsonSave(loop),
         )
         try:
@@ -111,6 +113,18 @@ class Checkpointer:
             self.wait()
         finally:
             self._manager.close()
+
+
+class _Position:
+    """An iterator position as grain's checkpoint handler takes it from iterators of other kinds (bytes from
+    `get_state`); the file is the one it writes for its own iterators (the state as indented JSON), so the
+    restore into a grain iterator reads it as usual."""
+
+    def __init__(self, state: dict[str, Any]) -> None:
+        self._state = state
+
+    def get_state(self) -> bytes:
+        return json.dumps(self._state, indent=4).encode()
 
 
 def _path(path: tuple) -> str:

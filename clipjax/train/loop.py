@@ -28,12 +28,13 @@ from jax.sharding import Mesh
 from ml_collections import ConfigDict
 
 from clipjax import distributed
-from clipjax.data.skips import SKIP_REASONS, SKIPPED
+from clipjax.data.skips import SKIP_REASONS
 from clipjax.errors import ConfigError, Preempted, UserError
-from clipjax.parallel import batch_sharding, put_batch, replicated, state_shardings
+from clipjax.parallel import batch_sharding, replicated, state_shardings
 from clipjax.train.checkpoint import Checkpointer, abstract_shapes
 from clipjax.train.metrics import MetricWriter
 from clipjax.train.preemption import PreemptionGuard
+from clipjax.train.prefetch import DevicePrefetcher
 from clipjax.train.state import TrainState
 
 Metrics = dict[str, Any]
@@ -213,12 +214,12 @@ def train(config: ConfigDict, workdir: str, mesh: Mesh, task: Task) -> Metrics:
         disable=not (config.progress_bar and writer.enabled),
         dynamic_ncols=True,
     )
+    batches = DevicePrefetcher(data_iterator, batch_sharding(mesh), config.data.prefetch_to_device)
     try:
         with PreemptionGuard(config.preemption_grace_s) as guard:
             for step in range(start, config.total_steps):
-                host_batch = next(data_iterator)
-                skipped.update(host_batch.pop(SKIPPED, {}))
-                batch = put_batch(host_batch, batch_sharding(mesh))
+                batch, batch_skipped = next(batches)
+                skipped.update(batch_skipped)
                 state, metrics = step_fn(state, batch)
                 window.append(metrics)
                 samples_seen += config.batch_size
@@ -258,7 +259,7 @@ def train(config: ConfigDict, workdir: str, mesh: Mesh, task: Task) -> Metrics:
                         "data_skipped": _skips_of_all_hosts(skipped),
                         "config": config.to_dict(),
                     }
-                    checkpointer.save(done, state, data_iterator, loop)
+                    checkpointer.save(done, state, batches.get_state(), loop)
                 if stop:
                     checkpointer.wait()
                     raise Preempted(
@@ -272,6 +273,7 @@ def train(config: ConfigDict, workdir: str, mesh: Mesh, task: Task) -> Metrics:
                 writer.write(int(state.step), summary)
             checkpointer.wait()
     finally:
+        batches.close()
         progress.close()
         writer.close()
         checkpointer.close()
