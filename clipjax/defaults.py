@@ -30,6 +30,10 @@ def base_config() -> ConfigDict:
     c.eval_every = 0  # steps between evaluations; 0 evaluates only at the end
     c.init = None  # a checkpoint directory to start from (finetuning); None: random init
     c.progress_bar = True
+    # XLA's persistent compilation cache: a directory (local or gs://) where compiled steps are kept, so a
+    # restart or the next run with the same program skips compilation. None: off (unless the environment
+    # sets JAX_COMPILATION_CACHE_DIR).
+    c.compilation_cache_dir = None
 
     # Devices form a mesh with axes (data, fsdp); -1 takes the devices left over. The batch is split over
     # both axes; parameters and optimizer state are split over `fsdp` (see clipjax/parallel.py).

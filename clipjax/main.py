@@ -82,6 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import jax
 
     from clipjax import distributed
+    from clipjax.compilation_cache import enable_compilation_cache
     from clipjax.config import load_config
     from clipjax.errors import Preempted, UserError
     from clipjax.parallel import make_mesh
@@ -91,6 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         command = parse_command_line(argv)
         config = load_config(command.spec, command.overrides)
+        enable_compilation_cache(config.compilation_cache_dir)  # before anything compiles
         distributed.initialize(command.distributed)  # before anything asks JAX for devices
         workdir = command.workdir
         validate(config, num_devices=jax.device_count(), process_count=jax.process_count(), tasks=tuple(TASKS))
