@@ -22,6 +22,7 @@ import jax
 import numpy as np
 from report import emit, environment
 
+from clipjax.compilation_cache import enable_compilation_cache
 from clipjax.config import load_config
 from clipjax.models import build_clip
 from clipjax.models.flops import clip_train_flops_per_image
@@ -89,9 +90,10 @@ def measure(config, steps: int, warmup: int) -> dict:
         # Model FLOPs of one global step by formula (matmuls; 3x forward), or None.
         "model_flops_per_step": model_flops,
         "model_tflops_per_s_per_device": model_flops / step_s / 1e12 / jax.device_count() if model_flops else None,
-        # XLA's count for the global step (every op, rematerialised work not included).
-        "xla_flops_per_step": flops,
-        "tflops_per_s_per_device": flops / step_s / 1e12 / jax.device_count(),
+        # XLA's count for the global step (every op, rematerialised work not included). With scanned blocks
+        # XLA counts a loop's body once, not once per block, so there is no count then.
+        "xla_flops_per_step": None if config.model.scan else flops,
+        "tflops_per_s_per_device": None if config.model.scan else flops / step_s / 1e12 / jax.device_count(),
         "cudnn_attention_calls": cudnn_attention_calls,
         "peak_device_memory_bytes": memory.get("peak_bytes_in_use"),
         "loss": float(metrics["train/loss"]),
@@ -106,6 +108,7 @@ def main() -> None:
     parser.add_argument("--captions", choices=("real", "both"), help="captions per image: one, or real + synthetic")
     parser.add_argument("--attention", choices=("auto", "xla", "cudnn"), help="config.model.attention")
     parser.add_argument("--remat", choices=("none", "dots", "full"), help="config.model.remat")
+    parser.add_argument("--scan", action="store_true", help="config.model.scan: nn.scan over each tower's blocks")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any config override")
     parser.add_argument("--steps", type=int, default=10, help="timed steps")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps after compilation")
@@ -120,10 +123,13 @@ def main() -> None:
         overrides += [("model.name", args.model), ("data.captions", args.captions or "real")]
     elif args.captions:
         overrides.append(("data.captions", args.captions))
+    if args.scan:
+        overrides.append(("model.scan", "True"))
     for key, value in (("batch_size", args.batch), ("model.attention", args.attention), ("model.remat", args.remat)):
         if value:
             overrides.append((key, str(value)))
     config = load_config(args.config, overrides)
+    enable_compilation_cache(config.compilation_cache_dir)  # --set compilation_cache_dir=DIR
     theirs = None
     if args.compare_open_clip:  # first, so that PyTorch's memory is released before JAX's step runs
         from open_clip_step import measure_open_clip
@@ -131,7 +137,8 @@ def main() -> None:
         theirs = measure_open_clip(config, args.steps, args.warmup, compile_model=args.open_clip_compile)
     results = measure(config, args.steps, args.warmup)
     if args.peak_tflops:
-        results["xla_mfu"] = results["tflops_per_s_per_device"] / args.peak_tflops
+        if results["tflops_per_s_per_device"]:
+            results["xla_mfu"] = results["tflops_per_s_per_device"] / args.peak_tflops
         if results["model_tflops_per_s_per_device"]:
             results["mfu"] = results["model_tflops_per_s_per_device"] / args.peak_tflops
     if theirs:
@@ -146,6 +153,7 @@ def main() -> None:
         dtype=config.model.dtype,
         attention=config.model.attention,
         remat=config.model.remat,
+        scan=config.model.scan,
         captions=config.data.captions,
         xla_flags=os.environ.get("XLA_FLAGS", ""),
     )
