@@ -27,8 +27,9 @@ def _stacked(params: dict) -> dict:
     return {"blocks": jax.tree.map(lambda *a: jnp.stack(a), *[params[f"block_{i}"] for i in range(depth)])}
 
 
-@pytest.mark.parametrize("remat, causal", [("none", False), ("dots", True)])
-def test_scanned_encoder_computes_the_unscanned_function(remat, causal):
+def test_scanned_encoder_computes_the_unscanned_function():
+    # With remat and a causal mask; the plain blocks without either run in the pretraining step test below.
+    remat, causal = "dots", True
     x = jax.random.normal(jax.random.PRNGKey(0), (2, 5, 16))
     plain = Encoder(3, 2, 32, remat=remat, causal=causal)
     scanned = Encoder(3, 2, 32, remat=remat, causal=causal, scan=True)
@@ -78,11 +79,11 @@ def test_scanned_encoder_applies_each_blocks_own_drop_rate():
     x = jax.random.normal(jax.random.PRNGKey(0), (4, 5, 16))
     scanned = Encoder(2, 2, 32, scan=True, drop_path=(0.0, 1.0))
     params = jax.jit(scanned.init)(jax.random.PRNGKey(1), x)["params"]
-    y = scanned.apply({"params": params}, x, rngs={"dropout": jax.random.PRNGKey(2)})[0]
-    one_block = {"block_0": unstack_blocks(params)["block_0"]}
-    expected = Encoder(1, 2, 32).apply({"params": one_block}, x)[0]
+    apply = jax.jit(lambda model, p, **rngs: model.apply({"params": p}, x, rngs=rngs)[0], static_argnums=0)
+    y = apply(scanned, params, dropout=jax.random.PRNGKey(2))
+    expected = apply(Encoder(1, 2, 32), {"block_0": unstack_blocks(params)["block_0"]})
     np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-6)
-    assert not np.allclose(y, scanned.apply({"params": params}, x)[0])  # evaluation keeps both blocks
+    assert not np.allclose(y, apply(scanned, params))  # evaluation keeps both blocks
 
 
 def test_layouts_convert_both_ways_and_only_where_the_target_differs():
@@ -187,7 +188,10 @@ def test_real_sharded_step_with_scan_matches_the_unscanned_step():
     _, after_s, loss_s = one_step(True, match_block_layout(before, scanned_shapes))
     np.testing.assert_allclose(loss_s, loss, rtol=1e-5)
     jax.tree.map(
-        lambda a, b: np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6), after, match_block_layout(after_s, after)
+        # atol: 1% of the first AdamW update (lr 1e-3); a wrongly decayed norm scale is off by 2e-4.
+        lambda a, b: np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5),
+        after,
+        match_block_layout(after_s, after),
     )
 
 

@@ -8,6 +8,7 @@ for that read and copy before the next step can start. With `depth` batches alre
 
 from __future__ import annotations
 
+import copy
 import queue
 import threading
 from typing import Any, Iterator
@@ -49,7 +50,8 @@ class DevicePrefetcher:
         """The next batch placed on the devices, its skip counts and the iterator's position after it."""
         host = next(self._iterator)
         skipped = host.pop(SKIPPED, {})
-        return put_batch(host, self._sharding), skipped, self._iterator.get_state()
+        # A copy: the position must not move with the batches read after it, whatever the iterator hands out.
+        return put_batch(host, self._sharding), skipped, copy.deepcopy(self._iterator.get_state())
 
     def _fill(self) -> None:
         try:
