@@ -38,6 +38,8 @@ def build_open_clip(model: ConfigDict, device: str):
         mlp_ratio=text["mlp_dim"] / text["width"],
         no_causal_mask=not model.text.causal,
     )
+    if model.act == "gelu_tanh":
+        raise ValueError("open_clip has no tanh-approximated GELU to compare with; use model.act='gelu'")
     return open_clip.model.CLIP(model.embed_dim, vision_cfg, text_cfg, quick_gelu=model.act == "quick_gelu").to(device)
 
 

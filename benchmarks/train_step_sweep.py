@@ -46,6 +46,12 @@ VARIANTS: list[tuple[str, list[str], dict[str, str], int]] = [
     ),
     ("cudnn_b512_scan", ["train_step.py", *VIT, "--batch", "512", "--attention", "cudnn", "--scan"], {}, 80),
     (
+        "cudnn_b512_gelu_tanh_cublaslt",
+        ["train_step.py", *VIT, "--batch", "512", "--attention", "cudnn", "--set", "model.act=gelu_tanh"],
+        {"XLA_FLAGS": "--xla_gpu_enable_cublaslt=true"},
+        90,
+    ),
+    (
         "cudnn_b512_no_triton_gemm",
         ["train_step.py", *VIT, "--batch", "512", "--attention", "cudnn"],
         {"XLA_FLAGS": "--xla_gpu_enable_triton_gemm=false"},

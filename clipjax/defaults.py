@@ -75,7 +75,8 @@ def base_config() -> ConfigDict:
             "causal": True,  # causal attention mask (OpenAI CLIP); False for MobileCLIP-S1/S2's text towers
         }
     )
-    c.model.act = "gelu"  # "gelu" (open_clip, LAION/DataComp weights) or "quick_gelu" (OpenAI weights)
+    # "gelu" (exact; open_clip, LAION/DataComp weights), "quick_gelu" (OpenAI weights) or "gelu_tanh" (from scratch)
+    c.model.act = "gelu"
     c.model.dtype = "float32"  # compute dtype: "float32" or "bfloat16"; parameters stay float32
     # Rematerialise each block: "none", "full" (save nothing), "dots" (save matmuls and cuDNN attention).
     c.model.remat = "none"

@@ -1,5 +1,7 @@
 """ViT, text transformer and CLIP: shapes, pooling, attention, causality, presets, remat and dtypes."""
 
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -7,6 +9,7 @@ import pytest
 
 from clipjax.defaults import base_config
 from clipjax.models import CLIP, TextTransformer, VisionTransformer, build_clip, clamp_logit_scale
+from clipjax.models.layers import ACTIVATIONS
 from clipjax.models.presets import image_tower_dims, text_tower_dims
 
 TINY_VIT = dict(width=16, depth=3, num_heads=2, mlp_dim=32, patch_size=4, embed_dim=8)
@@ -160,3 +163,17 @@ def test_remat_and_bfloat16_keep_float32_params_and_close_outputs():
     assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(low_params))
     low_value, _ = loss_and_grads(low)
     np.testing.assert_allclose(low_value, value, rtol=0.05, atol=0.05)
+
+
+def test_activations_are_their_formulas():
+    x = np.linspace(-4.0, 4.0, 101)
+    erf = np.vectorize(math.erf)
+    expected = {
+        "gelu": 0.5 * x * (1 + erf(x / math.sqrt(2))),
+        "quick_gelu": x / (1 + np.exp(-1.702 * x)),
+        "gelu_tanh": 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3))),
+    }
+    assert sorted(ACTIVATIONS) == sorted(expected)
+    for name, values in expected.items():
+        np.testing.assert_allclose(ACTIVATIONS[name](jnp.asarray(x, jnp.float32)), values, rtol=1e-5, atol=1e-6)
+    assert np.abs(expected["gelu_tanh"] - expected["gelu"]).max() > 1e-4  # two different functions

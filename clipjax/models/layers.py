@@ -21,6 +21,9 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "gelu": functools.partial(nn.gelu, approximate=False),
     # OpenAI's original CLIP models were trained with this sigmoid approximation.
     "quick_gelu": lambda x: x * nn.sigmoid(1.702 * x),
+    # The tanh approximation (Flax's and big_vision's default): for training from scratch; on GPUs XLA can
+    # fuse it with the bias into cuBLASLt's matmul epilogue, which has no exact-erf form.
+    "gelu_tanh": functools.partial(nn.gelu, approximate=True),
 }
 
 # JAX's primitive for cuDNN's fused attention forward (jax._src.cudnn.fused_attention_stablehlo).
