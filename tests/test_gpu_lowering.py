@@ -48,6 +48,12 @@ def lower_step_for_cuda(attention: str, scan: bool = False, remat: str = "none")
     return jax.jit(step).trace(state, batch).lower(lowering_platforms=("cuda",)).as_text()
 
 
+def cudnn_attention_calls(text: str) -> tuple[int, int]:
+    """(forward, backward) cuDNN fused-attention custom calls in the program."""
+    forward = len(re.findall(r"custom_call @__cudnn\$fmhaSoftmax\(", text))
+    return forward, len(re.findall(r"custom_call @__cudnn\$fmhaSoftmaxBackward\(", text))
+
+
 def attention_arrays(text: str) -> list[str]:
     """Every [B, heads, N, N] array type in the program (either tower, with or without the padded token)."""
     sizes = "|".join(str(n) for n in (PATCHES, PATCHES + 1, LENGTH))
@@ -57,11 +63,9 @@ def attention_arrays(text: str) -> list[str]:
 @pytest.mark.parametrize("scan", [False, True])
 def test_gpu_step_runs_cudnn_attention_in_every_block_and_bf16_matmuls(pretend_cuda, scan):
     text = lower_step_for_cuda("auto", scan=scan)
-    forward = len(re.findall(r"custom_call @__cudnn\$fmhaSoftmax\(", text))
-    backward = len(re.findall(r"custom_call @__cudnn\$fmhaSoftmaxBackward\(", text))
     # 2 image + 2 text blocks; scanned, each tower's loop body holds one block.
     blocks = 2 if scan else 4
-    assert (forward, backward) == (blocks, blocks)
+    assert cudnn_attention_calls(text) == (blocks, blocks)
     assert attention_arrays(text) == []
 
     dots = DOT.findall(text)
@@ -72,7 +76,9 @@ def test_gpu_step_runs_cudnn_attention_in_every_block_and_bf16_matmuls(pretend_c
     # The rest is the loss: float32 [B, d] embeddings and [B, B] logit tiles.
     loss_operands = {operand for pair in dots if pair not in in_towers for operand in pair}
     assert loss_operands <= {f"tensor<{BATCH}x{EMBED}xf32>", f"tensor<{BATCH}x{BATCH}xf32>"}, loss_operands
-    for convolution in re.findall(r"stablehlo\.convolution[^\n]*", text):  # the patch embedding and its gradient
+    convolutions = re.findall(r"stablehlo\.convolution[^\n]*", text)
+    assert len(convolutions) == 2  # the patch embedding and its kernel's gradient
+    for convolution in convolutions:
         assert re.search(r": \(tensor<[0-9x]*bf16>, tensor<[0-9x]*bf16>\)", convolution), convolution
 
 
@@ -87,12 +93,8 @@ def test_dots_remat_keeps_the_flash_attention_forward(pretend_cuda, monkeypatch)
     # remat="dots" saves the matmuls and cuDNN's attention forward: one forward call per block, as without
     # remat. JAX's plain dots policy alone would run the kernel (a custom call, not a dot) again in the
     # backward pass: two per block.
-    def calls(text: str) -> tuple[int, int]:
-        forward = len(re.findall(r"custom_call @__cudnn\$fmhaSoftmax\(", text))
-        return forward, len(re.findall(r"custom_call @__cudnn\$fmhaSoftmaxBackward\(", text))
-
-    assert calls(lower_step_for_cuda("auto", remat="dots")) == (4, 4)
-    assert calls(lower_step_for_cuda("auto", remat="full")) == (8, 4)
+    assert cudnn_attention_calls(lower_step_for_cuda("auto", remat="dots")) == (4, 4)
+    assert cudnn_attention_calls(lower_step_for_cuda("auto", remat="full")) == (8, 4)
     plain = jax.checkpoint_policies.dots_with_no_batch_dims_saveable
     monkeypatch.setitem(clipjax.models.layers.REMAT_POLICIES, "dots", plain)
-    assert calls(lower_step_for_cuda("auto", remat="dots")) == (8, 4)
+    assert cudnn_attention_calls(lower_step_for_cuda("auto", remat="dots")) == (8, 4)
