@@ -185,8 +185,9 @@ def test_vit_gradients_under_remat_use_the_forward_masks(vit_params):
     remat_out = remat.apply({"params": params}, images, rngs=rngs)["embedding"]
     assert not np.allclose(remat_out, eval_out)
 
-    def grads(model):
-        return jax.grad(lambda p: (model.apply({"params": p}, images, rngs=rngs)["embedding"] ** 2).sum())(params)
+    def grads(model):  # jitted: op by op this test took tens of seconds
+        loss = lambda p: (model.apply({"params": p}, images, rngs=rngs)["embedding"] ** 2).sum()  # noqa: E731
+        return jax.jit(jax.grad(loss))(params)
 
     # Masks redrawn differently in the recomputation would give other gradients than the plain backward pass.
     full, none = grads(remat), grads(VisionTransformer(**TINY_VIT, drop_path=0.5))
@@ -272,9 +273,10 @@ def test_mci_drop_path_runs_and_differs_from_evaluation():
     images = jax.random.uniform(jax.random.key(0), MCI_IMAGES.shape)
     model = build_mci("mci0", num_classes=8, drop_path=0.1)
     variables = mci0_variables()
-    want = build_mci("mci0", num_classes=8).apply(variables, images)["embedding"]
-    np.testing.assert_array_equal(model.apply(variables, images)["embedding"], want)  # no rng: evaluation
-    got = model.apply(variables, images, rngs={"dropout": jax.random.key(1)})["embedding"]
+    apply = jax.jit(lambda m, v, **rngs: m.apply(v, images, rngs=rngs)["embedding"], static_argnums=0)
+    want = apply(build_mci("mci0", num_classes=8), variables)
+    np.testing.assert_array_equal(apply(model, variables), want)  # no rng: evaluation
+    got = apply(model, variables, dropout=jax.random.key(1))
     assert np.isfinite(got).all()
     # Rounding alone would stay near 1e-6 of the scale; dropped branches move the embedding by percents.
     assert np.abs(got - want).max() > 1e-3 * np.abs(want).max()
