@@ -32,6 +32,7 @@ import numpy as np
 from ml_collections import ConfigDict
 
 from clipjax.heads.towers import check_batch_norm_mode, resize_bilinear, vit_feature_map
+from clipjax.models.layers import ACTIVATIONS
 from clipjax.models.mci import MCi
 from clipjax.models.presets import build_image_tower
 
@@ -121,7 +122,7 @@ class PyramidLevel(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         for i in range(self.scale):
             if i:
-                x = nn.gelu(nn.LayerNorm(epsilon=PYRAMID_LN_EPS, name=f"norm_{i - 1}")(x), approximate=False)
+                x = ACTIVATIONS["gelu"](nn.LayerNorm(epsilon=PYRAMID_LN_EPS, name=f"norm_{i - 1}")(x))
             x = nn.ConvTranspose(max(1, x.shape[-1] // 2), (2, 2), strides=(2, 2), name=f"deconv_{i}")(x)
         for _ in range(-self.scale):
             x = nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")

@@ -37,12 +37,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from clipjax.models.layers import DropPath, drop_path_rates
+from clipjax.models.layers import ACTIVATIONS, DropPath, drop_path_rates
 
 Dtype = Any
 
 BN_EPS = 1e-5  # PyTorch's BatchNorm2d default, used by every timm fastvit BatchNorm
-_GELU = functools.partial(nn.gelu, approximate=False)  # timm uses torch's exact (erf) GELU
+_GELU = ACTIVATIONS["gelu"]  # timm uses torch's exact (erf) GELU
 _SE_DOWNSAMPLE = (False, False, True, True)  # squeeze-excite in the downsampling of stages 3 and 4
 _ATTENTION = (False, False, False, True)  # stage 4 mixes tokens by attention, stages 1-3 by RepMixer
 

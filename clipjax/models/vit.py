@@ -10,7 +10,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from clipjax.models.layers import LAYER_NORM_EPS, Encoder, drop_path_rates, layer_norm
+from clipjax.models.layers import ACTIVATIONS, LAYER_NORM_EPS, Encoder, drop_path_rates, layer_norm
 from clipjax.models.mci import batch_norm
 
 Dtype = Any
@@ -147,7 +147,7 @@ class VisionTransformer(nn.Module):
                 dtype=self.dtype,
                 name=f"stem_conv_{i}",
             )(x)
-            x = nn.gelu(batch_norm(self, self.dtype, f"stem_norm_{i}")(x), approximate=False)
+            x = ACTIVATIONS["gelu"](batch_norm(self, self.dtype, f"stem_norm_{i}")(x))
         return x
 
     def _conv_stem(self, x: jax.Array) -> jax.Array:
