@@ -122,6 +122,8 @@ def test_a_non_finite_step_leaves_params_moments_and_ema_unchanged():
     for grads, loss in (
         ({"w": jnp.full((2, 2), jnp.nan), "b": jnp.zeros(2)}, jnp.float32(1.0)),
         (jax.tree.map(jnp.ones_like, state.params), jnp.float32(jnp.inf)),
+        # Finite, but its square overflows float32: no usable update either.
+        ({"w": jnp.full((2, 2), 1e20), "b": jnp.zeros(2)}, jnp.float32(1.0)),
     ):
         after, metrics = step(state, grads, loss)
         assert int(metrics["train/skipped_steps"]) == 1 and int(after.step) == int(state.step) + 1
