@@ -17,9 +17,12 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from typing import Any, Callable
 
 import jax
 import numpy as np
+from jax.sharding import Mesh
+from ml_collections import ConfigDict
 from report import emit, environment
 
 from clipjax.compilation_cache import enable_compilation_cache
@@ -44,14 +47,21 @@ def random_batch(config, rng: np.random.Generator) -> dict[str, np.ndarray]:
     return batch
 
 
-def measure(config, steps: int, warmup: int) -> dict:
-    """Compiles and times `steps` train steps after `warmup` untimed ones."""
-    mesh = make_mesh(config.mesh)
+def sharded_step(config, devices=None) -> tuple[Callable, Callable, Any, Mesh]:
+    """The run's jitted (init, step), the abstract state carrying its shardings, and the mesh over `devices`
+    (default: every device), exactly as `python -m clipjax.main` builds them."""
+    mesh = make_mesh(config.mesh, devices)
     model = build_clip(config.model)
     tx = make_optimizer(config.optim, config.total_steps)
-    init, step, _ = shard_functions(
+    init, step, abstract_state = shard_functions(
         make_init_state(model, tx, config), make_train_step(model, tx, config, mesh), mesh, config
     )
+    return init, step, abstract_state, mesh
+
+
+def measure(config, steps: int, warmup: int) -> dict:
+    """Compiles and times `steps` train steps after `warmup` untimed ones."""
+    init, step, _, mesh = sharded_step(config)
     state = init(jax.random.PRNGKey(config.seed))
     batch = put_batch(random_batch(config, np.random.default_rng(0)), batch_sharding(mesh))
 
@@ -100,8 +110,8 @@ def measure(config, steps: int, warmup: int) -> dict:
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options that choose the run's config (read back by `config_from_arguments`)."""
     parser.add_argument("--config", default="configs/pretrain/vit_b16_datacompdr.py", help="config file[:ARGS]")
     parser.add_argument("--model", help="config.model.name, e.g. vit_b16")
     parser.add_argument("--batch", type=int, help="global batch size")
@@ -110,14 +120,11 @@ def main() -> None:
     parser.add_argument("--remat", choices=("none", "dots", "full"), help="config.model.remat")
     parser.add_argument("--scan", action="store_true", help="config.model.scan: nn.scan over each tower's blocks")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any config override")
-    parser.add_argument("--steps", type=int, default=10, help="timed steps")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed steps after compilation")
-    parser.add_argument("--peak-tflops", type=float, help="the card's peak, to report MFU (e.g. 795 for bf16 on H100)")
-    parser.add_argument("--compare-open-clip", action="store_true", help="also time open_clip's step (PyTorch)")
-    parser.add_argument("--open-clip-compile", action="store_true", help="torch.compile open_clip's model")
-    parser.add_argument("--json", help="write the results here")
-    args = parser.parse_args()
 
+
+def config_from_arguments(args: argparse.Namespace) -> tuple[ConfigDict, list[tuple[str, str]]]:
+    """(the config, the overrides applied to the config file). With --model, one caption per image unless
+    --captions says otherwise."""
     overrides = [tuple(item.split("=", 1)) for item in args.set]
     if args.model:
         overrides += [("model.name", args.model), ("data.captions", args.captions or "real")]
@@ -128,7 +135,38 @@ def main() -> None:
     for key, value in (("batch_size", args.batch), ("model.attention", args.attention), ("model.remat", args.remat)):
         if value:
             overrides.append((key, str(value)))
-    config = load_config(args.config, overrides)
+    return load_config(args.config, overrides), overrides
+
+
+def run_description(args: argparse.Namespace, config: ConfigDict, overrides: list[tuple[str, str]]) -> dict:
+    """What the numbers were measured on and with: the machine, date, config file, overrides and the choices
+    that move speed (model, batch, dtype, attention, remat, scan, captions, XLA flags)."""
+    return dict(
+        **environment(),
+        config=args.config,
+        overrides=dict(overrides),
+        model=config.model.name,
+        batch_size=config.batch_size,
+        dtype=config.model.dtype,
+        attention=config.model.attention,
+        remat=config.model.remat,
+        scan=config.model.scan,
+        captions=config.data.captions,
+        xla_flags=os.environ.get("XLA_FLAGS", ""),
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_arguments(parser)
+    parser.add_argument("--steps", type=int, default=10, help="timed steps")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps after compilation")
+    parser.add_argument("--peak-tflops", type=float, help="the card's peak, to report MFU (e.g. 795 for bf16 on H100)")
+    parser.add_argument("--compare-open-clip", action="store_true", help="also time open_clip's step (PyTorch)")
+    parser.add_argument("--open-clip-compile", action="store_true", help="torch.compile open_clip's model")
+    parser.add_argument("--json", help="write the results here")
+    args = parser.parse_args()
+    config, overrides = config_from_arguments(args)
     enable_compilation_cache(config.compilation_cache_dir)  # --set compilation_cache_dir=DIR
     theirs = None
     if args.compare_open_clip:  # first, so that PyTorch's memory is released before JAX's step runs
@@ -144,19 +182,7 @@ def main() -> None:
     if theirs:
         results["open_clip"] = theirs
         results["speedup_over_open_clip"] = results["images_per_s"] / theirs["pairs_per_s"]
-    results.update(
-        **environment(),
-        config=args.config,
-        overrides=dict(overrides),
-        model=config.model.name,
-        batch_size=config.batch_size,
-        dtype=config.model.dtype,
-        attention=config.model.attention,
-        remat=config.model.remat,
-        scan=config.model.scan,
-        captions=config.data.captions,
-        xla_flags=os.environ.get("XLA_FLAGS", ""),
-    )
+    results.update(run_description(args, config, overrides))
     emit(results, args.json)
 
 

@@ -24,6 +24,7 @@ def load_benchmark(repo_root, monkeypatch):
     def load(name):
         spec = importlib.util.spec_from_file_location(name, os.path.join(repo_root, "benchmarks", f"{name}.py"))
         module = importlib.util.module_from_spec(spec)
+        monkeypatch.setitem(sys.modules, name, module)  # dataclasses look their module up there
         spec.loader.exec_module(module)
         return module
 
@@ -115,3 +116,80 @@ def test_input_pipeline_benchmark_writes_both_rates(load_benchmark, tmp_path, mo
     assert results["ratio"] == pytest.approx(results["pipeline_per_core"] / results["decode_per_core"], rel=1e-2)
     assert results["samples"] == 12 and {"date", "host", "device"} <= set(results)
     assert json.loads(capsys.readouterr().out) == results
+
+
+# A program in the form XLA's GPU compiler prints: a Triton GEMM, two GELU-like loop fusions of the same op in
+# blocks 3 and 11, cuDNN attention (a tuple with its workspace), an all-reduce; parameters, tuples and
+# get-tuple-elements launch no kernel.
+GPU_HLO = (
+    "HloModule jit_step\n"
+    "\n"
+    "%fused (p0: f32[4,8]) -> f32[4,8] {\n"
+    "  %p0 = f32[4,8]{1,0} parameter(0)\n"
+    "  ROOT %add = f32[4,8]{1,0} add(f32[4,8]{1,0} %p0, f32[4,8]{1,0} %p0)\n"
+    "}\n"
+    "ENTRY %main.9 (a: bf16[4,8], b: bf16[8,16]) -> (f32[4,8], bf16[4,16]) {\n"
+    '  %a = bf16[4,8]{1,0} parameter(0), metadata={op_name="state.a"}\n'
+    "  %b = bf16[8,16]{1,0} parameter(1)\n"
+    "  %gemm_fusion = bf16[4,16]{1,0} fusion(%a, %b), kind=kCustom, calls=%fused, "
+    'metadata={op_name="jit(step)/image/encoder/block_3/mlp/fc1/dot_general"}, '
+    'backend_config={"fusion_backend_config":{"kind":"__triton_nested_gemm_fusion"}}\n'
+    "  %loop_1 = f32[4,8]{1,0} fusion(%a), kind=kLoop, calls=%fused, "
+    'metadata={op_name="jit(step)/image/encoder/block_3/mlp/mul"}\n'
+    "  %loop_2 = f32[4,8]{1,0} fusion(%loop_1), kind=kLoop, calls=%fused, "
+    'metadata={op_name="jit(step)/image/encoder/block_11/mlp/mul"}\n'
+    "  %fmha = (bf16[4,16]{1,0}, u8[0]{0}) custom-call(%gemm_fusion, %gemm_fusion, %gemm_fusion), "
+    'custom_call_target="__cudnn$fmhaSoftmax"\n'
+    "  %gte = bf16[4,16]{1,0} get-tuple-element(%fmha), index=0\n"
+    "  %ar = f32[4,8]{1,0} all-reduce(%loop_2), replica_groups={}, to_apply=%fused\n"
+    "  ROOT %t = (f32[4,8]{1,0}, bf16[4,16]{1,0}) tuple(%ar, %gte)\n"
+    "}\n"
+)
+
+
+def test_hlo_traffic_counts_each_kernels_kind_and_bytes(load_benchmark):
+    traffic = load_benchmark("hlo_traffic")
+    assert traffic.shape_bytes("(bf16[2,3]{1,0}, pred[4], f8e4m3fn[8], s32[])") == 12 + 4 + 8 + 4
+    kernels = traffic.entry_kernels(GPU_HLO)
+    assert [(k.name, k.category, k.bytes_out, k.bytes_in) for k in kernels] == [
+        ("gemm_fusion", "matmul", 128, 64 + 256),
+        ("loop_1", "fusion:kLoop", 128, 64),
+        ("loop_2", "fusion:kLoop", 128, 128),
+        ("fmha", "attention", 128, 3 * 128),
+        ("ar", "collective", 128, 128),
+    ]
+    assert traffic.by_category(kernels)["fusion:kLoop"] == {"kernels": 2, "gb": 448 / 1e9}
+    ops = traffic.by_op(kernels, ("matmul", "attention", "collective"))
+    assert ops == [{"op": "image/encoder/block_*/mlp/mul", "kernels": 2, "gb": 448 / 1e9}]
+
+
+def test_hlo_traffic_of_a_program_compiled_here(load_benchmark):
+    """One elementwise kernel over a [256, 128] float32 array reads and writes it once: 2 x 131,072 bytes."""
+    x = jnp.ones((256, 128), jnp.float32)
+    hlo = jax.jit(lambda x: jnp.exp(x) * 2.0 + 1.0).lower(x).compile().as_text()
+    kernels = load_benchmark("hlo_traffic").entry_kernels(hlo)
+    assert len(kernels) == 1 and (kernels[0].bytes_in, kernels[0].bytes_out) == (131_072, 131_072)
+
+
+def test_compiled_step_reports_memory_kernels_and_the_floor(load_benchmark):
+    compiled_step = load_benchmark("compiled_step")
+    config = tiny_config({"data": -1, "fsdp": 2})
+    report, hlo = compiled_step.compile_step(config, compiled_step.TARGETS["cpu"], devices=4)
+    memory = report["memory_gib"]
+    assert memory["peak"] == pytest.approx(
+        memory["arguments"] + memory["outputs"] - memory["aliased"] + memory["temporaries"]
+    )
+    assert memory["aliased"] > 0.9 * memory["outputs"]  # the donated state is updated in place
+    kernels = report["kernels"]
+    assert kernels["matmul"]["kernels"] > 0 and kernels["collective"]["kernels"] > 0  # fsdp gathers the weights
+    assert report["fits"] is None and "floor_ms" not in report  # no card described
+    assert any(op["op"].startswith("jvp(CLIP)/CLIP.encode_image/image/encoder/block_*/") for op in report["top_ops"])
+    # The floor: the model's matmuls at the card's peak, then the memory-bound bytes at its bandwidth.
+    card = compiled_step.Target(None, peak_tflops=2.0, bandwidth_gb_s=4.0)
+    floor = compiled_step.step_floor(card, report["model_flops_per_device"], report["memory_bound_gb"] * 1e9, 16)
+    matmul_ms = 16 * clip_train_flops_per_image(config.model) / 4 / 2e12 * 1e3
+    assert report["model_flops_per_device"] == pytest.approx(16 * clip_train_flops_per_image(config.model) / 4)
+    assert floor["floor_ms"]["matmul"] == pytest.approx(matmul_ms)
+    assert floor["floor_ms"]["memory_bound"] == pytest.approx(report["memory_bound_gb"] / 4.0 * 1e3)
+    assert floor["ceiling_pairs_per_s"] == pytest.approx(16 / (sum(floor["floor_ms"].values()) / 2 / 1e3))
+    assert "ENTRY" in hlo
