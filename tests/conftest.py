@@ -1,4 +1,5 @@
-"""Test setup: 8 simulated CPU devices (set before JAX is imported) and shared helpers."""
+"""Test setup: 8 simulated CPU devices (set before JAX is imported), one work directory and compilation cache
+per test run, the smoke pretraining started in the background, and shared fixtures."""
 
 import os
 import shlex
@@ -46,7 +47,7 @@ def start_smoke_pretraining() -> None:
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     # The smoke pretraining takes minutes: it starts with the run, beside the workers, rather than when its
     # first test comes up and stops a worker (the other one waiting for it too).
-    if any("smoke_pretraining" in item.fixturenames for item in items):
+    if any("smoke_pretraining" in item.fixturenames for item in items) and not items[0].config.option.collectonly:
         start_smoke_pretraining()
 
 

@@ -90,7 +90,8 @@ class TrainState:
         model_state: Any = None,
         ema_decay: float | jax.Array = 0.0,
     ) -> tuple[TrainState, dict[str, jax.Array]]:
-        """One optimizer update, or none if the loss or any gradient is not finite.
+        """One optimizer update, or none if the loss or any gradient is not finite (or a gradient is too large to
+        square in float32).
 
         A skipped step still advances `step` (its batch is consumed) and is counted, so one bad batch
         costs one update instead of the run. `constrain` projects the parameters after an update;
