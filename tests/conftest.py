@@ -9,10 +9,9 @@ import sys
 import tempfile
 import time
 
-# LLVM's -O1 for XLA's CPU code: compiling, most of this suite's time, is ~25% faster (the tiny MCi step:
-# 28 s -> 21 s) and the tests' small programs run as fast (-O0 compiled faster still but ran slower).
-_FLAGS = " --xla_force_host_platform_device_count=8 --xla_backend_optimization_level=1"
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + _FLAGS).strip()
+from tests.xla_flags import cpu_xla_flags  # imports nothing: JAX must not load before XLA_FLAGS is set
+
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + cpu_xla_flags(8)).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 # One directory for the whole test run, shared by its xdist workers (they inherit the variable from the

@@ -16,6 +16,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from clipjax.train.metrics import read_metrics
+from tests.xla_flags import cpu_xla_flags
 
 CONFIG = "tests/configs/tiny_pretrain.py"
 TOTAL_STEPS = 36
@@ -23,7 +24,7 @@ TMP_MARK = ".orbax-checkpoint-tmp"
 
 
 def launch(repo_root, workdir):
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu"}
+    env = {**os.environ, "XLA_FLAGS": cpu_xla_flags(2), "JAX_PLATFORMS": "cpu"}
     return subprocess.Popen(
         [sys.executable, "-m", "clipjax.main", f"--config={CONFIG}", f"--workdir={workdir}"],
         cwd=repo_root,

@@ -12,6 +12,8 @@ import time
 import numpy as np
 import pytest
 
+from tests.xla_flags import cpu_xla_flags
+
 # The naive loss keeps this test fast: with the fused loss, XLA's CPU collectives between processes that
 # each hold two devices stall for seconds per step (see README, Scaling out). Both losses run the same
 # loop, mesh and data code, which is what this test is about.
@@ -27,7 +29,7 @@ COMMON = [
 def host_environment(repo_root, devices):
     """The environment of each simulated host: `devices` CPU devices, without the suite's compilation cache
     (two CPU processes sharing JAX's persistent cache hung there, JAX 0.10.2; not looked into further)."""
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", PYTHON=sys.executable)
+    env = dict(os.environ, XLA_FLAGS=cpu_xla_flags(devices), PYTHON=sys.executable)
     env["PYTHONPATH"] = repo_root
     env.pop("JAX_COMPILATION_CACHE_DIR", None)
     return env
