@@ -46,6 +46,7 @@ def start_smoke_pretraining() -> None:
     subprocess.Popen(["bash", "-c", script], cwd=SMOKE_DIR, start_new_session=True)
 
 
+@pytest.hookimpl(trylast=True)  # after -k and -m have deselected what will not run
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     # The smoke pretraining takes minutes: it starts with the run, beside the workers, rather than when its
     # first test comes up and stops a worker (the other one waiting for it too).
