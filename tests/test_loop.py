@@ -220,3 +220,21 @@ def test_resuming_may_change_drop_path_but_not_switch_the_weight_average(tmp_pat
     config.model.name = "vit_s16"
     with pytest.raises(ConfigError, match="config.model.name was"):
         check_compatible(saved.to_dict(), config, str(tmp_path))
+
+
+def test_the_loop_state_handed_to_a_save_is_not_changed_by_later_steps(tmp_path, monkeypatch):
+    """The loop JSON is written in the background after `save` returns: the steps after a checkpoint must not
+    add their metrics to the window it holds (they did once: a device array reached the JSON writer)."""
+    from clipjax.train.checkpoint import Checkpointer
+
+    handed, real_save = [], Checkpointer.save
+
+    def recording_save(self, step, state, data_position, loop):
+        handed.append((step, loop, [dict(row) for row in loop["window"]]))
+        return real_save(self, step, state, data_position, loop)
+
+    monkeypatch.setattr(Checkpointer, "save", recording_save)
+    run(tmp_path)  # logs every 2 steps, saves every 3: each save holds the rows since the last log
+    assert [step for step, *_ in handed] == [3, 6, 9, 12]
+    for step, loop, window_when_saved in handed:
+        assert loop["window"] == window_when_saved and len(window_when_saved) == step % 2

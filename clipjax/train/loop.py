@@ -255,7 +255,9 @@ def train(config: ConfigDict, workdir: str, mesh: Mesh, task: Task) -> Metrics:
                         "samples_seen": samples_seen,
                         "batch_size": config.batch_size,
                         "process_count": jax.process_count(),
-                        "window": window,
+                        # A copy: the loop appends the next steps' metrics to `window` while the save
+                        # writes this JSON in the background.
+                        "window": list(window),
                         "data_skipped": _skips_of_all_hosts(skipped),
                         "config": config.to_dict(),
                     }
