@@ -24,6 +24,7 @@ from clipjax.heads.detection.boxes import CASCADE_WEIGHTS
 from clipjax.heads.detection.mask_rcnn import BOX_LOSSES
 from clipjax.heads.segmentation import DECODERS
 from clipjax.losses.contrastive import IMPLEMENTATIONS, LOSS_KINDS
+from clipjax.models.fp8 import FP8_RECIPES
 from clipjax.models.layers import ACTIVATIONS, ATTENTION_IMPLEMENTATIONS, REMAT_POLICIES, attention_implementation
 from clipjax.models.presets import (
     DTYPES,
@@ -103,6 +104,7 @@ def _validate_model(model: ConfigDict) -> None:
     choice("config.model.dtype", model.dtype, DTYPES)
     choice("config.model.remat", model.remat, ("none", *REMAT_POLICIES))
     choice("config.model.attention", model.attention, ATTENTION_IMPLEMENTATIONS)
+    choice("config.model.fp8_matmuls", model.get("fp8_matmuls", "none"), FP8_RECIPES)
     choice("config.model.image.pool", model.image.pool, ("cls", "mean"))
     choice("config.model.image.stem", model.image.stem, VIT_STEMS)
     choice("config.model.image.layout", model.image.layout, VIT_LAYOUTS)

@@ -15,6 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from clipjax.models.fp8 import fp8_dot_general
+
 Dtype = Any
 
 
@@ -145,17 +147,31 @@ class DropPath(nn.Module):
         return jnp.where(keep, scaled, jnp.zeros((), x.dtype))
 
 
+def block_dot_general(fp8: str) -> Callable[..., jax.Array] | None:
+    """The product the blocks' Dense layers use: FP8 products as the recipe `fp8` says ("switchback" or "all",
+    see clipjax.models.fp8), or None for "none" (Flax's default, `lax.dot_general` in the compute dtype).
+    Parameters are the same either way."""
+    return None if fp8 == "none" else fp8_dot_general(fp8)
+
+
 class MlpBlock(nn.Module):
-    """Dense(mlp_dim) -> activation -> Dense(width). Input and output [..., width]."""
+    """Dense(mlp_dim) -> activation -> Dense(width). Input and output [..., width]; `fp8`: the FP8 recipe of
+    both products ("none", "switchback" or "all": clipjax.models.fp8)."""
 
     mlp_dim: int
     act: str = "gelu"
     dtype: Dtype = jnp.float32
+    fp8: str = "none"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         width = x.shape[-1]
-        dense = functools.partial(nn.Dense, dtype=self.dtype, kernel_init=nn.initializers.xavier_uniform())
+        dense = functools.partial(
+            nn.Dense,
+            dtype=self.dtype,
+            kernel_init=nn.initializers.xavier_uniform(),
+            dot_general=block_dot_general(self.fp8),
+        )
         x = ACTIVATIONS[self.act](dense(self.mlp_dim, name="fc1")(x))
         return dense(width, name="fc2")(x)
 
@@ -193,7 +209,7 @@ class SelfAttention(nn.Module):
     `__call__(x [B, N, width]) -> (out [B, N, width], weights [B, heads, N, N] float32 or None)`; the weights
     are computed (by an explicit softmax) only when `return_weights` is set, otherwise the fused
     `jax.nn.dot_product_attention` runs with the implementation `attention` resolves to (see
-    `attention_implementation`).
+    `attention_implementation`). `fp8`: the FP8 recipe of the two projections (attention itself stays in `dtype`).
     """
 
     num_heads: int
@@ -201,6 +217,7 @@ class SelfAttention(nn.Module):
     return_weights: bool = False
     attention: str = "auto"
     dtype: Dtype = jnp.float32
+    fp8: str = "none"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array | None]:
@@ -209,7 +226,10 @@ class SelfAttention(nn.Module):
             raise ValueError(f"width {width} is not divisible by num_heads {self.num_heads}")
         head_dim = width // self.num_heads
         init = nn.initializers.xavier_uniform()
-        qkv = nn.DenseGeneral((3, self.num_heads, head_dim), dtype=self.dtype, kernel_init=init, name="qkv")(x)
+        dense = functools.partial(
+            nn.DenseGeneral, dtype=self.dtype, kernel_init=init, dot_general=block_dot_general(self.fp8)
+        )
+        qkv = dense((3, self.num_heads, head_dim), name="qkv")(x)
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # each [B, N, heads, head_dim]
         weights = None
         if self.return_weights:
@@ -223,7 +243,7 @@ class SelfAttention(nn.Module):
         else:
             implementation = attention_implementation(self.attention, q.dtype, head_dim)
             out = fused_attention(q, k, v, self.causal, implementation, pad_odd=implementation == "cudnn")
-        out = nn.DenseGeneral(width, axis=(-2, -1), dtype=self.dtype, kernel_init=init, name="out")(out)
+        out = dense(width, axis=(-2, -1), name="out")(out)
         return out, weights
 
 
@@ -250,7 +270,8 @@ def window_merge(x: jax.Array, batch: int, grid_h: int, grid_w: int, size: int) 
 class EncoderBlock(nn.Module):
     """Pre-norm transformer block: x + drop(attn(ln_1(x))), then x + drop(mlp(ln_2(x))), drop being
     `DropPath(drop_path)` (the identity unless training with a "dropout" rng). x [B, N, width] in `dtype`;
-    returns (x [B, N, width], attn weights [B, heads, N, N] float32 or None)."""
+    returns (x [B, N, width], attn weights [B, heads, N, N] float32 or None). `fp8`: the FP8 recipe of the
+    four dense layers (clipjax.models.fp8)."""
 
     num_heads: int
     mlp_dim: int
@@ -264,6 +285,7 @@ class EncoderBlock(nn.Module):
     # (grid height, grid width, window side): attend within non-overlapping windows of a patch grid (ViTDet);
     # None attends globally.
     window: tuple[int, int, int] | None = None
+    fp8: str = "none"
 
     @nn.compact
     def __call__(self, x: jax.Array, drop_rate: jax.Array | None = None) -> tuple[jax.Array, jax.Array | None]:
@@ -277,12 +299,13 @@ class EncoderBlock(nn.Module):
             return_weights=self.return_weights,
             attention=self.attention,
             dtype=self.dtype,
+            fp8=self.fp8,
             name="attn",
         )(y)
         if self.window is not None:
             y = window_merge(y, x.shape[0], *self.window)
         x = x + DropPath(self.drop_path, name="drop_path_1")(y, drop_rate)
-        y = MlpBlock(self.mlp_dim, act=self.act, dtype=self.dtype, name="mlp")(
+        y = MlpBlock(self.mlp_dim, act=self.act, dtype=self.dtype, fp8=self.fp8, name="mlp")(
             layer_norm("ln_2", self.dtype, self.norm_eps)(x)
         )
         x = x + DropPath(self.drop_path, name="drop_path_2")(y, drop_rate)
@@ -330,6 +353,7 @@ class Encoder(nn.Module):
     window_size: int = 0
     global_blocks: tuple[int, ...] = ()
     scan: bool = False
+    fp8: str = "none"  # FP8 products in the blocks' dense layers: a recipe of clipjax.models.fp8
 
     @nn.compact
     def __call__(
@@ -352,6 +376,7 @@ class Encoder(nn.Module):
             attention=self.attention,
             dtype=self.dtype,
             norm_eps=self.norm_eps,
+            fp8=self.fp8,
         )
         if self.scan:
             return self._scanned(x, wanted, return_attention, rates, block_options)

@@ -79,6 +79,8 @@ def build_image_tower(model: ConfigDict) -> nn.Module:
         scan=model.get("scan", False),
         attention=model.attention,
         dtype=DTYPES[model.dtype],
+        # Configs saved before FP8 products existed have no `fp8_matmuls`: they trained without them.
+        fp8_matmuls=model.get("fp8_matmuls", "none"),
         drop_path=drop_path,
     )
 
@@ -101,6 +103,8 @@ def build_clip(model: ConfigDict) -> CLIP:
         scan=model.get("scan", False),
         attention=model.attention,
         dtype=DTYPES[model.dtype],
+        # Configs saved before FP8 products existed have no `fp8_matmuls`: they trained without them.
+        fp8_matmuls=model.get("fp8_matmuls", "none"),
     )
     return CLIP(
         image=build_image_tower(model),

@@ -39,6 +39,7 @@ class TextTransformer(nn.Module):
     scan: bool = False  # nn.scan over the blocks (see clipjax.models.layers.Encoder)
     attention: str = "auto"  # see clipjax.models.layers.attention_implementation
     dtype: Dtype = jnp.float32
+    fp8_matmuls: str = "none"  # FP8 recipe of the blocks' dense layers (clipjax.models.fp8)
 
     @nn.compact
     def __call__(
@@ -66,6 +67,7 @@ class TextTransformer(nn.Module):
             scan=self.scan,
             attention=self.attention,
             dtype=self.dtype,
+            fp8=self.fp8_matmuls,
             name="encoder",
         )(x, return_layers, return_attention)
         x = layer_norm("ln_final", self.dtype)(x)

@@ -55,6 +55,7 @@ class VisionTransformer(nn.Module):
     scan: bool = False  # nn.scan over the blocks (see clipjax.models.layers.Encoder)
     attention: str = "auto"  # see clipjax.models.layers.attention_implementation
     dtype: Dtype = jnp.float32
+    fp8_matmuls: str = "none"  # FP8 recipe of the blocks' dense layers (clipjax.models.fp8)
     drop_path: float = 0.0
     layout: str = "clip"
     # ViTDet's backbone for detection: blocks outside `global_blocks` attend within window_size x window_size
@@ -110,6 +111,7 @@ class VisionTransformer(nn.Module):
             scan=self.scan,
             attention=self.attention,
             dtype=self.dtype,
+            fp8=self.fp8_matmuls,
             drop_path=drop_path_rates(self.drop_path, self.depth),
             norm_eps=eps,
             window_size=self.window_size,

@@ -39,11 +39,12 @@ from clipjax.train.state import TrainState
 
 Metrics = dict[str, Any]
 
-# Config keys a run cannot change and still continue its checkpoints (model.dtype, model.remat and
-# model.attention only change how the same function is computed, model.drop_path only its training noise,
-# so they may change). Turning the weight average (optim.ema_decay) on or off changes the state's arrays.
+# Config keys a run cannot change and still continue its checkpoints (model.dtype, model.remat,
+# model.attention and model.fp8_matmuls only change how the same function is computed, model.drop_path only
+# its training noise, so they may change). Turning the weight average (optim.ema_decay) on or off changes the
+# state's arrays.
 INCOMPATIBLE_KEYS = ("task", "seed", "model", "loss.kind")
-COMPATIBLE_MODEL_KEYS = ("model.dtype", "model.remat", "model.attention", "model.drop_path")
+COMPATIBLE_MODEL_KEYS = ("model.dtype", "model.remat", "model.attention", "model.fp8_matmuls", "model.drop_path")
 # Keys that configs saved by earlier versions lack, with the value those versions meant.
 LATER_KEYS = {"model.image.layout": "clip", "model.scan": False}
 # How a logging window reduces each metric; everything else is averaged.

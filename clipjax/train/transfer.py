@@ -29,7 +29,16 @@ from clipjax.train.state import TrainState
 
 # Model keys a finetuning run may set differently from the pretrained weights: how the same tower is computed
 # and regularised, and the input resolution (ViT position embeddings are resized to it).
-FINETUNE_MODEL_KEYS = ("image_size", "dtype", "remat", "attention", "drop_path", "batch_norm", "scan")
+FINETUNE_MODEL_KEYS = (
+    "image_size",
+    "dtype",
+    "remat",
+    "attention",
+    "fp8_matmuls",
+    "drop_path",
+    "batch_norm",
+    "scan",
+)
 # Metrics (by their name after the prefix) for which a smaller value is better: errors, not accuracies.
 LOWER_IS_BETTER = ("rmse", "abs_rel", "sq_rel", "rmse_log", "log10", "loss")
 

@@ -1,0 +1,124 @@
+"""FP8 products (clipjax.models.fp8) against a NumPy oracle that rounds with ml_dtypes' FP8 types."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_dtypes
+import numpy as np
+import pytest
+
+from clipjax.errors import ConfigError
+from clipjax.models.fp8 import E4M3, E5M2, fp8_dot_general, fp8_matmul, quantize
+from clipjax.models.presets import build_clip
+from clipjax.validation import validate
+from tests.helpers import tiny_config
+
+ORACLE_TYPES = {E4M3: ml_dtypes.float8_e4m3fn, E5M2: ml_dtypes.float8_e5m2}
+
+
+def oracle_rounding(x: np.ndarray, fp8_dtype) -> np.ndarray:
+    """x rounded to the FP8 format at the smallest power-of-two scale that fits its maximum, in float64."""
+    fp8 = ORACLE_TYPES[fp8_dtype]
+    amax = np.abs(x).max()
+    scale = 2.0 ** np.ceil(np.log2(amax / float(ml_dtypes.finfo(fp8).max))) if amax > 0 else 1.0
+    return (x / scale).astype(fp8).astype(np.float64) * scale
+
+
+def normal(shape, seed, std=1.0):
+    return (np.random.default_rng(seed).normal(size=shape) * std).astype(np.float32)
+
+
+@pytest.mark.parametrize("fp8_dtype", [E4M3, E5M2])
+def test_quantize_rounds_to_the_format_at_a_power_of_two_scale(fp8_dtype):
+    x = normal((64, 48), 0, std=37.0)
+    q, scale = quantize(jnp.asarray(x), fp8_dtype)
+    largest = float(ml_dtypes.finfo(ORACLE_TYPES[fp8_dtype]).max)
+    assert q.dtype == fp8_dtype and scale.dtype == jnp.float32
+    assert np.log2(float(scale)) == round(np.log2(float(scale)))  # a power of two
+    assert largest / 2 < np.abs(x).max() / float(scale) <= largest  # the top of the range is used
+    np.testing.assert_array_equal(np.asarray(q, np.float64) * float(scale), oracle_rounding(x, fp8_dtype))
+    # All zeros: scale 1, no NaN; the maximum itself converts without overflowing.
+    q0, scale0 = quantize(jnp.zeros((3, 3)), fp8_dtype)
+    assert float(scale0) == 1.0 and not np.any(np.asarray(q0, np.float32))
+    exact = jnp.asarray([largest * 4.0, -1.0], jnp.float32)
+    q1, scale1 = quantize(exact, fp8_dtype)
+    assert float(q1[0].astype(jnp.float32)) * float(scale1) == largest * 4.0
+
+
+@pytest.mark.parametrize("recipe", ["switchback", "all"])
+def test_fp8_matmul_values_and_gradients_match_the_oracle(recipe):
+    x, w, g = normal((96, 40), 1, std=3.0), normal((40, 24), 2, std=0.2), normal((96, 24), 3, std=1e-3)
+    out, backward = jax.vjp(lambda a, b: fp8_matmul(a, b, recipe), jnp.asarray(x), jnp.asarray(w))
+    x_grad, w_grad = backward(jnp.asarray(g))
+    xq, wq, gq = oracle_rounding(x, E4M3), oracle_rounding(w, E4M3), oracle_rounding(g, E5M2)
+    np.testing.assert_allclose(out, xq @ wq, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(x_grad, gq @ wq.T, rtol=1e-5, atol=1e-9)
+    # SwitchBack's weight gradient sees the unrounded input and gradient; "all" rounds both.
+    expected_w_grad = x.astype(np.float64).T @ g if recipe == "switchback" else xq.T @ gq
+    np.testing.assert_allclose(w_grad, expected_w_grad, rtol=1e-5, atol=1e-8)
+    # The rounding is real: products differ from the exact ones, by about FP8's relative precision.
+    exact = x.astype(np.float64) @ w
+    error = np.abs(np.asarray(out) - exact).max() / np.abs(exact).max()
+    assert 1e-4 < error < 0.1
+    # A non-finite input stays visible (the update guard skips the step), not rounded into finite numbers.
+    for bad in (np.inf, np.nan):
+        x_bad = jnp.asarray(x).at[0, 0].set(bad)
+        assert not np.isfinite(np.asarray(fp8_matmul(x_bad, jnp.asarray(w), recipe))).all()
+
+
+def count_fp8_products(f, *args) -> int:
+    """How many products of f's lowered program (its backward pass included) take two FP8 operands."""
+    lines = jax.jit(f).lower(*args).as_text().splitlines()
+    return sum(line.split(" : (")[-1].count("xf8E") == 2 for line in lines if "stablehlo.dot_general" in line)
+
+
+@pytest.mark.parametrize(("recipe", "products"), [("switchback", 2), ("all", 3)])
+def test_a_dense_training_step_runs_the_recipes_products_in_fp8(recipe, products):
+    x, w = jnp.asarray(normal((8, 16), 4)), jnp.asarray(normal((16, 4), 5))
+    grads = jax.grad(lambda a, b: jnp.sum(fp8_matmul(a, b, recipe) ** 2), argnums=(0, 1))
+    assert count_fp8_products(grads, x, w) == products
+
+
+def test_fp8_dense_general_layers_match_the_reshaped_product():
+    """The qkv projection (features (3, heads, d)) and the output projection (axis (-2, -1)) as Flax builds
+    them: the same parameters as without FP8, the reshaped FP8 product's values, close to the exact layer."""
+    x = jnp.asarray(normal((2, 5, 16), 6))
+    for layer, inputs in [
+        (dict(features=(3, 2, 8)), x),
+        (dict(features=16, axis=(-2, -1)), jnp.asarray(normal((2, 5, 2, 8), 7))),
+    ]:
+        plain = nn.DenseGeneral(**layer)
+        fp8 = nn.DenseGeneral(**layer, dot_general=fp8_dot_general("switchback"))
+        params = plain.init(jax.random.PRNGKey(0), inputs)
+        assert jax.tree.structure(fp8.init(jax.random.PRNGKey(0), inputs)) == jax.tree.structure(params)
+        kernel, bias = params["params"]["kernel"], params["params"]["bias"]
+        depth = np.prod(kernel.shape[: kernel.ndim - bias.ndim])
+        flat = fp8_matmul(inputs.reshape(-1, depth), kernel.reshape(depth, -1), "switchback")
+        out = fp8.apply(params, inputs)
+        np.testing.assert_allclose(out, flat.reshape(out.shape) + bias, rtol=1e-6, atol=1e-6)
+        exact = plain.apply(params, inputs)
+        assert float(jnp.abs(out - exact).max() / jnp.abs(exact).max()) < 0.1
+
+
+def test_unsupported_dimension_numbers_and_recipes_are_named():
+    with pytest.raises(ValueError, match="dense layer's dimension numbers"):
+        fp8_dot_general("all")(jnp.ones((4, 3)), jnp.ones((4, 5)), (((0,), (0,)), ((), ())))
+    with pytest.raises(ValueError, match="'fp16' is not one of"):
+        fp8_dot_general("fp16")
+
+
+def test_fp8_clip_has_the_same_parameters_and_close_embeddings():
+    config = tiny_config({"data": -1})
+    images = jnp.asarray(np.random.default_rng(8).uniform(-1, 1, (4, 16, 16, 3)), jnp.float32)
+    tokens = jnp.asarray(np.random.default_rng(9).integers(1, 100, (4, 8)), jnp.int32)
+    plain = build_clip(config.model)
+    params = plain.init(jax.random.PRNGKey(0), images, tokens)
+    config.model.fp8_matmuls = "all"
+    fp8 = build_clip(config.model)
+    assert jax.tree.structure(fp8.init(jax.random.PRNGKey(0), images, tokens)) == jax.tree.structure(params)
+    for exact, rounded in zip(plain.apply(params, images, tokens)[:2], fp8.apply(params, images, tokens)[:2]):
+        cosine = jnp.sum(exact * rounded, axis=-1)  # both unit rows
+        assert float(cosine.min()) > 0.99 and float(jnp.abs(exact - rounded).max()) > 0
+    config.model.fp8_matmuls = "fp16"
+    with pytest.raises(ConfigError, match="config.model.fp8_matmuls"):
+        validate(config, num_devices=1, process_count=1, tasks=("pretrain",))
