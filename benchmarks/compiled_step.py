@@ -10,8 +10,9 @@ and its CUDA plugin only compiles), with the shardings, fused loss and optimizer
 - memory: XLA's buffer assignment (arguments, outputs, aliased donations, temporaries) and whether the step
   fits on the card. cuDNN's workspaces are not in it (the kernels are chosen on a GPU);
 - kernels by kind and the bytes each kind reads and writes, and the JAX ops that move the most bytes;
-- a floor on the step time: model matmul FLOPs at the card's measured bf16 matmul peak plus the bytes of
-  the memory-bound kernels at its bandwidth (each kernel at its own roof, nothing overlapping).
+- a floor on the step time: model matmul FLOPs at the card's measured bf16 matmul peak (those in cuBLASLt's
+  FP8 GEMMs, with `model.fp8_matmuls`, at its FP8 peak) plus the bytes of the memory-bound kernels at its
+  bandwidth (each kernel at its own roof, nothing overlapping).
 Without a device XLA cannot autotune: matmul tilings are its defaults, so the measured step differs. (Tiny
 float32 test models can find no default Triton tiling; `XLA_FLAGS=--xla_gpu_enable_triton_gemm=false` then.)
 """
@@ -37,12 +38,13 @@ GiB = 2**30
 @dataclasses.dataclass(frozen=True)
 class Target:
     """A card to compile for: XLA's description of it (GpuTargetConfig text proto; None: this host's own
-    devices), its measured bf16 matmul peak, memory bandwidth and memory."""
+    devices), its measured bf16 matmul peak, its FP8 matmul peak, memory bandwidth and memory."""
 
     description: str | None
     peak_tflops: float | None = None
     bandwidth_gb_s: float | None = None
     memory_bytes: int | None = None
+    fp8_peak_tflops: float | None = None
 
 
 # H100 SXM 80GB: 132 SMs at 1.98 GHz, compute capability 9.0, 50 MiB L2, 228 KiB shared memory per SM.
@@ -61,14 +63,16 @@ runtime_version { major: 13 minor: 0 }
 device_description_str: "NVIDIA H100 80GB HBM3"
 """
 
-# The matmul peak is the one measured on the card (benchmarks/README.md, matmul_peak.py), not the datasheet's.
+# The bf16 matmul peak is the one measured on the card (benchmarks/README.md, matmul_peak.py), not the
+# datasheet's. FP8 has not been measured on it: twice the bf16 figure, the datasheet's ratio (1,979 / 989
+# dense TFLOP/s); `matmul_peak.py --dtype float8` measures it.
 TARGETS = {
-    "h100": Target(_H100, peak_tflops=795.0, bandwidth_gb_s=3352.32, memory_bytes=84929347584),
+    "h100": Target(_H100, peak_tflops=795.0, bandwidth_gb_s=3352.32, memory_bytes=84929347584, fp8_peak_tflops=1590.0),
     "cpu": Target(None),
 }
 
 # Kernels whose time is their arithmetic, not their memory traffic (collectives are neither: left out).
-COMPUTE_BOUND = ("matmul", "attention", "convolution", "collective")
+COMPUTE_BOUND = ("matmul", "matmul:fp8", "attention", "convolution", "collective")
 
 
 def target_devices(target: Target, count: int) -> list:
@@ -112,6 +116,7 @@ def compile_step(config, target: Target, devices: int) -> tuple[dict, str]:
     )
     kernels = entry_kernels(hlo)
     memory_bound_bytes = sum(k.bytes_moved for k in kernels if k.category not in COMPUTE_BOUND)
+    fp8_flops = sum(k.flops for k in kernels if k.category == "matmul:fp8")
     captions = 2 if config.data.captions == "both" else 1
     try:
         flops_per_device = clip_train_flops_per_image(config.model, captions) * config.batch_size / devices
@@ -132,16 +137,25 @@ def compile_step(config, target: Target, devices: int) -> tuple[dict, str]:
         "memory_bound_gb": memory_bound_bytes / 1e9,
         "top_ops": by_op(kernels, COMPUTE_BOUND)[:25],
         "model_flops_per_device": flops_per_device,
+        "fp8_gemms": by_category(kernels).get("matmul:fp8", {}).get("kernels", 0),
+        "fp8_flops_per_device": fp8_flops,
     }
     if target.peak_tflops and flops_per_device:
-        report.update(step_floor(target, flops_per_device, memory_bound_bytes, config.batch_size * captions))
+        pairs = config.batch_size * captions
+        report.update(step_floor(target, flops_per_device, memory_bound_bytes, pairs, fp8_flops))
     return report, hlo
 
 
-def step_floor(target: Target, flops_per_device: float, memory_bound_bytes: int, pairs: int) -> dict:
+def step_floor(
+    target: Target, flops_per_device: float, memory_bound_bytes: int, pairs: int, fp8_flops: float = 0.0
+) -> dict:
     """{"floor_ms": {"matmul", "memory_bound", "step"}, "ceiling_pairs_per_s"}: the model's matmuls at the
-    card's matmul peak plus the memory-bound kernels' bytes at its bandwidth, one after the other."""
-    matmul_ms = flops_per_device / (target.peak_tflops * 1e12) * 1e3
+    card's matmul peak (`fp8_flops` of them at its FP8 peak) plus the memory-bound kernels' bytes at its
+    bandwidth, one after the other."""
+    if fp8_flops and not target.fp8_peak_tflops:
+        raise ValueError("the program has FP8 GEMMs but the target names no FP8 matmul peak")
+    fp8_ms = fp8_flops / (target.fp8_peak_tflops * 1e12) * 1e3 if fp8_flops else 0.0
+    matmul_ms = (flops_per_device - fp8_flops) / (target.peak_tflops * 1e12) * 1e3 + fp8_ms
     memory_ms = memory_bound_bytes / (target.bandwidth_gb_s * 1e9) * 1e3
     return {
         "floor_ms": {"matmul": matmul_ms, "memory_bound": memory_ms, "step": matmul_ms + memory_ms},

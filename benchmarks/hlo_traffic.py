@@ -5,7 +5,9 @@ time is about (bytes read + bytes written) / the card's bandwidth. Counting thos
 compiled for a GPU tells which ops a lever must remove, before any GPU time is spent.
 
 Only the entry computation's instructions are counted, each as one kernel: a `while` (model.scan) or a
-`conditional` counts its operands and results, not its body's kernels.
+`conditional` counts its operands and results, not its body's kernels. cuBLAS GEMMs also carry their FLOPs
+and Triton GEMM fusions carry their FLOPs (from their dimension numbers), so FP8 products can be timed at
+the FP8 rate.
 """
 
 from __future__ import annotations
@@ -25,13 +27,15 @@ _BITS = re.compile(r"^[a-z]+?(\d+)")
 @dataclasses.dataclass(frozen=True)
 class Kernel:
     """One instruction of the entry computation: its name, category (see `category`), bytes written (its
-    result) and read (its operands' results), and the JAX op it came from (metadata op_name, may be "")."""
+    result) and read (its operands' results), the JAX op it came from (metadata op_name, may be ""), and for
+    a GEMM (cuBLAS or Triton) its FLOPs (2 per multiply-add; 0 for every other kernel)."""
 
     name: str
     category: str
     bytes_out: int
     bytes_in: int
     op_name: str
+    flops: int = 0
 
     @property
     def bytes_moved(self) -> int:
@@ -50,10 +54,60 @@ def shape_bytes(shape: str) -> int:
     return total
 
 
+def array_dims(shape: str) -> list[int]:
+    """The dimensions of an HLO shape's first array: "(bf16[4,16]{1,0}, s8[64])" -> [4, 16]; [] for a scalar."""
+    match = _ARRAY.search(shape)
+    return [int(d) for d in filter(None, match.group(2).split(","))] if match else []
+
+
+def gemm_flops(line: str, out_dims: list[int], lhs_dims: list[int]) -> int:
+    """FLOPs of a product (a `dot` or a cuBLAS GEMM custom call): 2 x its output's elements x the lhs's
+    contracting size, the contracting dimensions read from the line (0 where it names none)."""
+    contracting = re.search(r'lhs_contracting_dims=\{([\d,]*)\}|"lhs_contracting_dimensions":\[([^\]]*)\]', line)
+    if not contracting:
+        return 0
+    depth = 1
+    for index in re.findall(r"\d+", contracting.group(1) or contracting.group(2)):
+        depth *= lhs_dims[int(index)]
+    return 2 * depth * _product(out_dims)
+
+
+def fused_products(hlo_text: str) -> dict[str, tuple[int, bool]]:
+    """{computation name: (FLOPs, whether both operands are FP8)} of each non-entry computation holding a
+    `dot`: the bodies of Triton GEMM fusions, whose kernel line names the computation it `calls`."""
+    products: dict[str, tuple[int, bool]] = {}
+    computation, shapes = None, {}
+    for line in hlo_text.splitlines():
+        header = re.match(r"^%(\S+) \(", line)
+        if header:
+            computation, shapes = header.group(1), {}
+            continue
+        match = _INSTRUCTION.match(line)
+        if computation is None or not match:
+            continue
+        name, shape, opcode, rest = match.groups()
+        shapes[name] = shape
+        if opcode == "dot":
+            lhs, rhs = (shapes.get(operand, "") for operand in _operand_names(rest)[:2])
+            fp8 = lhs.startswith("f8") and rhs.startswith("f8")
+            products[computation] = (gemm_flops(line, array_dims(shape), array_dims(lhs)), fp8)
+    return products
+
+
+def _product(dims: list[int]) -> int:
+    total = 1
+    for dim in dims:
+        total *= dim
+    return total
+
+
 def category(opcode: str, line: str) -> str:
-    """ "matmul", "attention", "convolution", "collective", "fusion:kLoop" (kInput, ...), "triton", or the opcode."""
+    """ "matmul", "matmul:fp8" (cuBLASLt's FP8 GEMM; `entry_kernels` also files Triton's here), "attention",
+    "convolution", "collective", "fusion:kLoop" (kInput, ...), "triton", or the opcode."""
     target = re.search(r'custom_call_target="([^"]+)"', line)
     backend_kind = re.search(r'"kind":"([^"]+)"', line)
+    if target and target.group(1) == "__cublas$lt$matmul$f8":
+        return "matmul:fp8"
     if opcode == "dot" or (target and target.group(1).startswith("__cublas")):
         return "matmul"
     if opcode == "fusion" and backend_kind and "gemm" in backend_kind.group(1):
@@ -92,6 +146,8 @@ def entry_kernels(hlo_text: str) -> list[Kernel]:
     except StopIteration:
         raise ValueError("the HLO text has no ENTRY computation") from None
     sizes: dict[str, int] = {}
+    dims: dict[str, list[int]] = {}
+    products = fused_products(hlo_text)
     kernels = []
     for line in lines[start + 1 :]:
         if line.startswith("}"):
@@ -100,17 +156,26 @@ def entry_kernels(hlo_text: str) -> list[Kernel]:
         if not match:
             continue
         name, shape, opcode, rest = match.groups()
-        sizes[name] = shape_bytes(shape)
+        sizes[name], dims[name] = shape_bytes(shape), array_dims(shape)
         if opcode in _FREE:
             continue
         op_name = re.search(r'op_name="([^"]*)"', line)
+        operands = _operand_names(rest)
+        kind, flops = category(opcode, line), 0
+        if opcode == "custom-call" and kind.startswith("matmul") and operands:  # cuBLAS
+            flops = gemm_flops(line, dims[name], dims.get(operands[0], []))
+        called = re.search(r"calls=%([\w.\-]+)", line)
+        if kind == "matmul" and called and called.group(1) in products:  # a Triton GEMM fusion
+            flops, fp8 = products[called.group(1)]
+            kind = "matmul:fp8" if fp8 else kind
         kernels.append(
             Kernel(
                 name=name,
-                category=category(opcode, line),
+                category=kind,
                 bytes_out=sizes[name],
-                bytes_in=sum(sizes.get(operand, 0) for operand in _operand_names(rest)),
+                bytes_in=sum(sizes.get(operand, 0) for operand in operands),
                 op_name=op_name.group(1) if op_name else "",
+                flops=flops,
             )
         )
     return kernels

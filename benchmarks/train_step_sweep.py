@@ -29,8 +29,22 @@ MCI2 = ["--config", "configs/pretrain/mci_datacompdr.py:model=mci2", "--captions
 # in benchmarks/README.md ("GPU throughput").
 VARIANTS: list[tuple[str, list[str], dict[str, str], int]] = [
     ("peak_matmul", ["matmul_peak.py"], {}, 30),
+    ("peak_matmul_fp8", ["matmul_peak.py", "--dtype", "float8"], {}, 30),
     # The best measured variant first, as this session's baseline; then the levers not measured yet.
     ("cudnn_b512", ["train_step.py", *VIT, "--batch", "512", "--attention", "cudnn"], {}, 90),
+    # FP8 products (clipjax.models.fp8): the highest floor of the compiled H100 programs (benchmarks/README.md).
+    (
+        "cudnn_b512_fp8_all",
+        ["train_step.py", *VIT, "--batch", "512", "--attention", "cudnn", "--set", "model.fp8_matmuls=all"],
+        {},
+        90,
+    ),
+    (
+        "cudnn_b512_fp8_switchback_cublas",
+        ["train_step.py", *VIT, "--batch", "512", "--attention", "cudnn", "--set", "model.fp8_matmuls=switchback"],
+        {"XLA_FLAGS": "--xla_gpu_enable_triton_gemm=false"},
+        90,
+    ),
     # Fits without rematerialisation since the GELU keeps only its input (59 GiB in the H100 program).
     ("cudnn_b768", ["train_step.py", *VIT, "--batch", "768", "--attention", "cudnn"], {}, 100),
     ("cudnn_b256", ["train_step.py", *VIT, "--batch", "256", "--attention", "cudnn"], {}, 90),
@@ -47,6 +61,12 @@ VARIANTS: list[tuple[str, list[str], dict[str, str], int]] = [
         90,
     ),
     ("cudnn_b512_scan", ["train_step.py", *VIT, "--batch", "512", "--attention", "cudnn", "--scan"], {}, 80),
+    (
+        "cudnn_b768_fp8_all",
+        ["train_step.py", *VIT, "--batch", "768", "--attention", "cudnn", "--set", "model.fp8_matmuls=all"],
+        {},
+        100,
+    ),
     (
         "cudnn_b512_gelu_tanh_cublaslt",
         ["train_step.py", *VIT, "--batch", "512", "--attention", "cudnn", "--set", "model.act=gelu_tanh"],

@@ -106,6 +106,13 @@ def test_sweep_table_reads_results_and_errors(load_benchmark):
     assert table[3].startswith("| b | exit 1: NotImplementedError: x |")
 
 
+@pytest.mark.parametrize("dtype", ["bfloat16", "float8"])
+def test_matmul_peak_times_products_of_either_input_type(load_benchmark, dtype):
+    results = load_benchmark("matmul_peak").measure(32, repeats=2, dtype=dtype, pairs=2, rounds=1)
+    assert results["dtype"] == dtype and results["size"] == 32
+    assert results["tflops_per_s"] == pytest.approx(2 * 32**3 / (results["median_ms"] / 1e3) / 1e12)
+
+
 def test_input_pipeline_benchmark_writes_both_rates(load_benchmark, tmp_path, monkeypatch, capsys):
     out = tmp_path / "pipeline.json"
     argv = ["input_pipeline.py", "--samples", "12", "--repeats", "1", "--size", "64", "--json", str(out)]
@@ -161,6 +168,61 @@ def test_hlo_traffic_counts_each_kernels_kind_and_bytes(load_benchmark):
     assert traffic.by_category(kernels)["fusion:kLoop"] == {"kernels": 2, "gb": 448 / 1e9}
     ops = traffic.by_op(kernels, ("matmul", "attention", "collective"))
     assert ops == [{"op": "image/encoder/block_*/mlp/mul", "kernels": 2, "gb": 448 / 1e9}]
+
+
+# FP8 products as XLA's GPU compiler prints them: a Triton GEMM fusion over two FP8 parameters (its scales
+# fused in), cuBLASLt's FP8 GEMM (a tuple with its workspace), and a bf16 cuBLAS GEMM contracting two axes.
+FP8_HLO = (
+    "HloModule jit_step\n"
+    "\n"
+    "%gemm_fusion_dot.1_computation (parameter_0: f8e4m3fn[64,32], parameter_1: f8e4m3fn[16,32], "
+    "parameter_2: bf16[]) -> bf16[64,16] {\n"
+    "  %parameter_0 = f8e4m3fn[64,32]{1,0} parameter(0)\n"
+    "  %parameter_1 = f8e4m3fn[16,32]{1,0} parameter(1)\n"
+    "  %dot.0 = bf16[64,16]{1,0} dot(%parameter_0, %parameter_1), lhs_contracting_dims={1}, "
+    "rhs_contracting_dims={1}\n"
+    "  %parameter_2 = bf16[] parameter(2)\n"
+    "  %broadcast = bf16[64,16]{1,0} broadcast(%parameter_2), dimensions={}\n"
+    "  ROOT %multiply = bf16[64,16]{1,0} multiply(%dot.0, %broadcast)\n"
+    "}\n"
+    "ENTRY %main (a: f8e4m3fn[64,32], b: f8e4m3fn[16,32], s: bf16[], c: bf16[64,4,8], d: bf16[4,8,16]) -> "
+    "bf16[64,16] {\n"
+    "  %a = f8e4m3fn[64,32]{1,0} parameter(0)\n"
+    "  %b = f8e4m3fn[16,32]{1,0} parameter(1)\n"
+    "  %s = bf16[] parameter(2)\n"
+    "  %c = bf16[64,4,8]{2,1,0} parameter(3)\n"
+    "  %d = bf16[4,8,16]{2,1,0} parameter(4)\n"
+    "  %triton = bf16[64,16]{1,0} fusion(%a, %b, %s), kind=kCustom, calls=%gemm_fusion_dot.1_computation, "
+    'backend_config={"fusion_backend_config":{"kind":"__triton_gemm"}}\n'
+    "  %f8 = (bf16[64,16]{1,0}, s8[1024]{0}) custom-call(%a, %b, %s, %s), "
+    'custom_call_target="__cublas$lt$matmul$f8", backend_config={"gemm_backend_config":{"dot_dimension_numbers":'
+    '{"lhs_contracting_dimensions":["1"],"rhs_contracting_dimensions":["1"],"lhs_batch_dimensions":[]}}}\n'
+    "  %wide = (bf16[64,16]{1,0}, s8[1024]{0}) custom-call(%c, %d), "
+    'custom_call_target="__cublas$lt$matmul", backend_config={"gemm_backend_config":{"dot_dimension_numbers":'
+    '{"lhs_contracting_dimensions":["1","2"],"rhs_contracting_dimensions":["0","1"],"lhs_batch_dimensions":[]}}}\n'
+    "  ROOT %gte = bf16[64,16]{1,0} get-tuple-element(%f8), index=0\n"
+    "}\n"
+)
+
+
+def test_hlo_traffic_finds_fp8_gemms_and_counts_their_flops(load_benchmark):
+    kernels = load_benchmark("hlo_traffic").entry_kernels(FP8_HLO)
+    assert [(k.name, k.category, k.flops) for k in kernels] == [
+        ("triton", "matmul:fp8", 2 * 64 * 16 * 32),
+        ("f8", "matmul:fp8", 2 * 64 * 16 * 32),
+        ("wide", "matmul", 2 * 64 * 16 * 32),  # two contracted axes, 4 x 8
+    ]
+    assert kernels[1].bytes_in == 2048 + 512 + 2 + 2 and kernels[1].bytes_out == 2048 + 1024
+
+
+def test_the_floor_times_fp8_products_at_the_fp8_peak(load_benchmark):
+    compiled_step = load_benchmark("compiled_step")
+    card = compiled_step.Target(None, peak_tflops=1.0, bandwidth_gb_s=2.0, fp8_peak_tflops=4.0)
+    floor = compiled_step.step_floor(card, 10e12, 4e9, pairs=100, fp8_flops=8e12)
+    assert floor["floor_ms"] == pytest.approx({"matmul": 2e3 + 2e3, "memory_bound": 2e3, "step": 6e3})
+    assert floor["ceiling_pairs_per_s"] == pytest.approx(100 / 6.0)
+    with pytest.raises(ValueError, match="FP8 matmul peak"):
+        compiled_step.step_floor(compiled_step.Target(None, peak_tflops=1.0, bandwidth_gb_s=2.0), 1e12, 0, 1, 1e12)
 
 
 def test_hlo_traffic_of_a_program_compiled_here(load_benchmark):
