@@ -193,12 +193,13 @@ def by_category(kernels: list[Kernel]) -> dict[str, dict[str, float]]:
 
 def by_op(kernels: list[Kernel], categories_left_out: tuple[str, ...] = ()) -> list[dict]:
     """Bytes moved per JAX op, with the block index folded (`block_3` -> `block_*`, so a tower's 12 blocks
-    add up) and the outer `jit(...)` dropped: [{"op", "kernels", "gb"}], most bytes first."""
+    add up; MCi's `blocks_3` -> `blocks_*` within a stage) and the outer `jit(...)` dropped: [{"op",
+    "kernels", "gb"}], most bytes first."""
     totals: dict[str, list[int]] = collections.defaultdict(lambda: [0, 0])
     for kernel in kernels:
         if kernel.category in categories_left_out:
             continue
-        op = re.sub(r"^jit\([^)]*\)/", "", re.sub(r"block_\d+", "block_*", kernel.op_name)) or "(no op name)"
+        op = re.sub(r"^jit\([^)]*\)/", "", re.sub(r"\b(blocks?)_\d+", r"\1_*", kernel.op_name)) or "(no op name)"
         totals[op][0] += 1
         totals[op][1] += kernel.bytes_moved
     ranked = sorted(totals.items(), key=lambda item: -item[1][1])

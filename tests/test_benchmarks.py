@@ -168,6 +168,15 @@ def test_hlo_traffic_counts_each_kernels_kind_and_bytes(load_benchmark):
     assert traffic.by_category(kernels)["fusion:kLoop"] == {"kernels": 2, "gb": 448 / 1e9}
     ops = traffic.by_op(kernels, ("matmul", "attention", "collective"))
     assert ops == [{"op": "image/encoder/block_*/mlp/mul", "kernels": 2, "gb": 448 / 1e9}]
+    # MCi's blocks fold within their stage; the stages stay apart.
+    mci = [
+        traffic.Kernel(f"k{i}", "fusion:kLoop", 10, 10, f"jit(step)/image/stages_{stage}/blocks_{block}/mlp/add")
+        for i, (stage, block) in enumerate([(1, 0), (1, 2), (2, 0)])
+    ]
+    assert [(op["op"], op["kernels"]) for op in traffic.by_op(mci)] == [
+        ("image/stages_1/blocks_*/mlp/add", 2),
+        ("image/stages_2/blocks_*/mlp/add", 1),
+    ]
 
 
 # FP8 products as XLA's GPU compiler prints them: a Triton GEMM fusion over two FP8 parameters (its scales
