@@ -112,13 +112,16 @@ def test_fp8_clip_has_the_same_parameters_and_close_embeddings():
     images = jnp.asarray(np.random.default_rng(8).uniform(-1, 1, (4, 16, 16, 3)), jnp.float32)
     tokens = jnp.asarray(np.random.default_rng(9).integers(1, 100, (4, 8)), jnp.int32)
     plain = build_clip(config.model)
-    params = plain.init(jax.random.PRNGKey(0), images, tokens)
+    params = jax.jit(plain.init)(jax.random.PRNGKey(0), images, tokens)
     config.model.fp8_matmuls = "all"
     fp8 = build_clip(config.model)
-    assert jax.tree.structure(fp8.init(jax.random.PRNGKey(0), images, tokens)) == jax.tree.structure(params)
-    for exact, rounded in zip(plain.apply(params, images, tokens)[:2], fp8.apply(params, images, tokens)[:2]):
-        cosine = jnp.sum(exact * rounded, axis=-1)  # both unit rows
-        assert float(cosine.min()) > 0.99 and float(jnp.abs(exact - rounded).max()) > 0
+    assert jax.tree.structure(jax.eval_shape(fp8.init, jax.random.PRNGKey(0), images, tokens)) == jax.tree.structure(
+        params
+    )
+    exact, rounded = (jax.jit(model.apply)(params, images, tokens)[:2] for model in (plain, fp8))
+    for e, r in zip(exact, rounded):
+        cosine = jnp.sum(e * r, axis=-1)  # both unit rows
+        assert float(cosine.min()) > 0.99 and float(jnp.abs(e - r).max()) > 0
     config.model.fp8_matmuls = "fp16"
     with pytest.raises(ConfigError, match="config.model.fp8_matmuls"):
         validate(config, num_devices=1, process_count=1, tasks=("pretrain",))
