@@ -89,9 +89,10 @@ def base_config() -> ConfigDict:
     c.model.scan = False
     # FP8 products in the ViT and text towers' transformer blocks (qkv, attention output, MLP), each tensor
     # scaled by its current maximum (clipjax.models.fp8): "none"; "switchback" (forward and input-gradient
-    # products in FP8, weight gradients in `dtype`, as Wortsman et al. 2023 trained CLIP); "all" (weight
-    # gradients too). On Hopper GPUs XLA runs them as FP8 GEMMs (twice the bf16 rate); elsewhere the values
-    # are the same, at the wider products' speed. Parameters and checkpoints are the same with any recipe.
+    # products in FP8, weight gradients in `dtype`: the split Wortsman et al. 2023 trained CLIP with in 8
+    # bits); "all" (weight gradients too). On Hopper GPUs XLA runs them as FP8 GEMMs (twice the bf16 rate);
+    # elsewhere the values are the same, at the wider products' speed. Parameters and checkpoints are the
+    # same with any recipe.
     c.model.fp8_matmuls = "none"
     c.model.temperature_init = 0.07  # the logit scale starts at 1 / temperature_init
     c.model.logit_scale_max = 100.0  # the logit scale is clamped to [1, logit_scale_max] after each update
