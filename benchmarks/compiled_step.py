@@ -117,6 +117,7 @@ def compile_step(config, target: Target, devices: int) -> tuple[dict, str]:
     kernels = entry_kernels(hlo)
     memory_bound_bytes = sum(k.bytes_moved for k in kernels if k.category not in COMPUTE_BOUND)
     fp8_flops = sum(k.flops for k in kernels if k.category == "matmul:fp8")
+    categories = by_category(kernels)
     captions = 2 if config.data.captions == "both" else 1
     try:
         flops_per_device = clip_train_flops_per_image(config.model, captions) * config.batch_size / devices
@@ -133,11 +134,11 @@ def compile_step(config, target: Target, devices: int) -> tuple[dict, str]:
             "peak": peak / GiB,
         },
         "fits": None if target.memory_bytes is None else peak <= target.memory_bytes,
-        "kernels": by_category(kernels),
+        "kernels": categories,
         "memory_bound_gb": memory_bound_bytes / 1e9,
         "top_ops": by_op(kernels, COMPUTE_BOUND)[:25],
         "model_flops_per_device": flops_per_device,
-        "fp8_gemms": by_category(kernels).get("matmul:fp8", {}).get("kernels", 0),
+        "fp8_gemms": categories.get("matmul:fp8", {}).get("kernels", 0),
         "fp8_flops_per_device": fp8_flops,
     }
     if target.peak_tflops and flops_per_device:

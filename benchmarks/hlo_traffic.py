@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import math
 import re
 
 # Instructions that launch no kernel and move no memory.
@@ -69,7 +70,7 @@ def gemm_flops(line: str, out_dims: list[int], lhs_dims: list[int]) -> int:
     depth = 1
     for index in re.findall(r"\d+", contracting.group(1) or contracting.group(2)):
         depth *= lhs_dims[int(index)]
-    return 2 * depth * _product(out_dims)
+    return 2 * depth * math.prod(out_dims)
 
 
 def fused_products(hlo_text: str) -> dict[str, tuple[int, bool]]:
@@ -92,13 +93,6 @@ def fused_products(hlo_text: str) -> dict[str, tuple[int, bool]]:
             fp8 = lhs.startswith("f8") and rhs.startswith("f8")
             products[computation] = (gemm_flops(line, array_dims(shape), array_dims(lhs)), fp8)
     return products
-
-
-def _product(dims: list[int]) -> int:
-    total = 1
-    for dim in dims:
-        total *= dim
-    return total
 
 
 def category(opcode: str, line: str) -> str:
