@@ -57,8 +57,8 @@ def test_mask_rcnn_overfits_real_photos_to_high_box_and_mask_ap(coco_root):
     model = MaskRCNN(tower, len(source.classes), settings, pyramid_channels=32)
     images = normalize_images(batch["image"], "clip")
     params = jax.jit(model.init)(jax.random.PRNGKey(0), images[:1])["params"]
-    steps = 300
-    tx = optax.adamw(optax.warmup_cosine_decay_schedule(0.0, 1e-3, 20, steps, 1e-5), weight_decay=1e-4)
+    steps = 200  # box AP 0.96, mask AP 0.78 (2026-12-05); 300 steps at lr 1e-3 reach 0.98 / 0.88
+    tx = optax.adamw(optax.warmup_cosine_decay_schedule(0.0, 2e-3, 10, steps, 1e-5), weight_decay=1e-4)
 
     @jax.jit
     def train_step(params, opt_state, key):
