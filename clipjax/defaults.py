@@ -94,6 +94,11 @@ def base_config() -> ConfigDict:
     # elsewhere the values are the same, at the wider products' speed. Parameters and checkpoints are the
     # same with any recipe.
     c.model.fp8_matmuls = "none"
+    # How those FP8 products scale the activations and their gradients: 0 by each tensor's current maximum (no
+    # state); N > 0 by the largest maximum of the last N steps (*delayed scaling*, as Transformer Engine does:
+    # the rounding no longer waits for a reduction over the tensor, less memory traffic on GPUs), the
+    # histories kept in the model state ("fp8_stats") and the checkpoints. Weights keep current scaling.
+    c.model.fp8_amax_history = 0
     c.model.temperature_init = 0.07  # the logit scale starts at 1 / temperature_init
     c.model.logit_scale_max = 100.0  # the logit scale is clamped to [1, logit_scale_max] after each update
     c.model.logit_bias_init = None  # a learnable logit bias starting here (SigLIP: -10); None: no bias

@@ -105,6 +105,11 @@ def _validate_model(model: ConfigDict) -> None:
     choice("config.model.remat", model.remat, ("none", *REMAT_POLICIES))
     choice("config.model.attention", model.attention, ATTENTION_IMPLEMENTATIONS)
     choice("config.model.fp8_matmuls", model.get("fp8_matmuls", "none"), FP8_RECIPES)
+    history = model.get("fp8_amax_history", 0)
+    if not isinstance(history, int) or isinstance(history, bool) or history < 0:
+        raise ConfigError(
+            f"config.model.fp8_amax_history={history!r} must be a non-negative integer (0: current scaling)"
+        )
     choice("config.model.image.pool", model.image.pool, ("cls", "mean"))
     choice("config.model.image.stem", model.image.stem, VIT_STEMS)
     choice("config.model.image.layout", model.image.layout, VIT_LAYOUTS)

@@ -207,7 +207,7 @@ def test_resuming_on_more_devices_reshards_the_state(tmp_path):
     np.testing.assert_allclose(final_params(tmp_path / "moved", 12), final_params(tmp_path / "whole", 12), rtol=1e-6)
 
 
-def test_resuming_may_change_drop_path_but_not_switch_the_weight_average(tmp_path):
+def test_resuming_may_change_drop_path_but_not_switch_the_weight_average_or_fp8_histories(tmp_path):
     saved = toy_config()
     saved.optim.ema_decay = 0.0
     config = toy_config()
@@ -218,6 +218,11 @@ def test_resuming_may_change_drop_path_but_not_switch_the_weight_average(tmp_pat
     with pytest.raises(ConfigError, match=r"config.optim.ema_decay was 0.0 .* is 0.999 now: the weight average"):
         check_compatible(saved.to_dict(), config, str(tmp_path))
     config.optim.ema_decay = 0.0
+    # Delayed scaling keeps amax histories in the state: FP8 may not be switched on or off under it.
+    saved.model.fp8_amax_history = config.model.fp8_amax_history = 16
+    with pytest.raises(ConfigError, match=r"fp8_matmuls was 'none' .* amax histories cannot be added or dropped"):
+        check_compatible(saved.to_dict(), config, str(tmp_path))
+    config.model.fp8_matmuls = "none"
     config.model.name = "vit_s16"
     with pytest.raises(ConfigError, match="config.model.name was"):
         check_compatible(saved.to_dict(), config, str(tmp_path))

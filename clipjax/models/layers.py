@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from clipjax.models.fp8 import fp8_dot_general
+from clipjax.models.fp8 import FP8_STATS, dense_product
 
 Dtype = Any
 
@@ -147,21 +147,16 @@ class DropPath(nn.Module):
         return jnp.where(keep, scaled, jnp.zeros((), x.dtype))
 
 
-def block_dot_general(fp8: str) -> Callable[..., jax.Array] | None:
-    """The product the blocks' Dense layers use: FP8 products as the recipe `fp8` says ("switchback" or "all",
-    see clipjax.models.fp8), or None for "none" (Flax's default, `lax.dot_general` in the compute dtype).
-    Parameters are the same either way."""
-    return None if fp8 == "none" else fp8_dot_general(fp8)
-
-
 class MlpBlock(nn.Module):
     """Dense(mlp_dim) -> activation -> Dense(width). Input and output [..., width]; `fp8`: the FP8 recipe of
-    both products ("none", "switchback" or "all": clipjax.models.fp8)."""
+    both products ("none", "switchback" or "all"), `fp8_amax_history`: 0 for current scaling, N for delayed
+    scaling from the last N steps' maxima (clipjax.models.fp8.dense_product)."""
 
     mlp_dim: int
     act: str = "gelu"
     dtype: Dtype = jnp.float32
     fp8: str = "none"
+    fp8_amax_history: int = 0
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -170,7 +165,7 @@ class MlpBlock(nn.Module):
             nn.Dense,
             dtype=self.dtype,
             kernel_init=nn.initializers.xavier_uniform(),
-            dot_general=block_dot_general(self.fp8),
+            **dense_product(self.fp8, self.fp8_amax_history),
         )
         x = ACTIVATIONS[self.act](dense(self.mlp_dim, name="fc1")(x))
         return dense(width, name="fc2")(x)
@@ -209,7 +204,8 @@ class SelfAttention(nn.Module):
     `__call__(x [B, N, width]) -> (out [B, N, width], weights [B, heads, N, N] float32 or None)`; the weights
     are computed (by an explicit softmax) only when `return_weights` is set, otherwise the fused
     `jax.nn.dot_product_attention` runs with the implementation `attention` resolves to (see
-    `attention_implementation`). `fp8`: the FP8 recipe of the two projections (attention itself stays in `dtype`).
+    `attention_implementation`). `fp8` and `fp8_amax_history`: the FP8 products of the two projections, as in
+    `MlpBlock` (attention itself stays in `dtype`).
     """
 
     num_heads: int
@@ -218,6 +214,7 @@ class SelfAttention(nn.Module):
     attention: str = "auto"
     dtype: Dtype = jnp.float32
     fp8: str = "none"
+    fp8_amax_history: int = 0
 
     @nn.compact
     def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array | None]:
@@ -227,7 +224,7 @@ class SelfAttention(nn.Module):
         head_dim = width // self.num_heads
         init = nn.initializers.xavier_uniform()
         dense = functools.partial(
-            nn.DenseGeneral, dtype=self.dtype, kernel_init=init, dot_general=block_dot_general(self.fp8)
+            nn.DenseGeneral, dtype=self.dtype, kernel_init=init, **dense_product(self.fp8, self.fp8_amax_history)
         )
         qkv = dense((3, self.num_heads, head_dim), name="qkv")(x)
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # each [B, N, heads, head_dim]
@@ -270,8 +267,8 @@ def window_merge(x: jax.Array, batch: int, grid_h: int, grid_w: int, size: int) 
 class EncoderBlock(nn.Module):
     """Pre-norm transformer block: x + drop(attn(ln_1(x))), then x + drop(mlp(ln_2(x))), drop being
     `DropPath(drop_path)` (the identity unless training with a "dropout" rng). x [B, N, width] in `dtype`;
-    returns (x [B, N, width], attn weights [B, heads, N, N] float32 or None). `fp8`: the FP8 recipe of the
-    four dense layers (clipjax.models.fp8)."""
+    returns (x [B, N, width], attn weights [B, heads, N, N] float32 or None). `fp8` and `fp8_amax_history`:
+    the FP8 products of the four dense layers, as in `MlpBlock`."""
 
     num_heads: int
     mlp_dim: int
@@ -286,6 +283,7 @@ class EncoderBlock(nn.Module):
     # None attends globally.
     window: tuple[int, int, int] | None = None
     fp8: str = "none"
+    fp8_amax_history: int = 0
 
     @nn.compact
     def __call__(self, x: jax.Array, drop_rate: jax.Array | None = None) -> tuple[jax.Array, jax.Array | None]:
@@ -300,14 +298,17 @@ class EncoderBlock(nn.Module):
             attention=self.attention,
             dtype=self.dtype,
             fp8=self.fp8,
+            fp8_amax_history=self.fp8_amax_history,
             name="attn",
         )(y)
         if self.window is not None:
             y = window_merge(y, x.shape[0], *self.window)
         x = x + DropPath(self.drop_path, name="drop_path_1")(y, drop_rate)
-        y = MlpBlock(self.mlp_dim, act=self.act, dtype=self.dtype, fp8=self.fp8, name="mlp")(
-            layer_norm("ln_2", self.dtype, self.norm_eps)(x)
-        )
+        mlp = MlpBlock(
+            self.mlp_dim, act=self.act, dtype=self.dtype, fp8=self.fp8, fp8_amax_history=self.fp8_amax_history,
+            name="mlp",
+        )  # fmt: skip
+        y = mlp(layer_norm("ln_2", self.dtype, self.norm_eps)(x))
         x = x + DropPath(self.drop_path, name="drop_path_2")(y, drop_rate)
         return x, weights
 
@@ -354,6 +355,7 @@ class Encoder(nn.Module):
     global_blocks: tuple[int, ...] = ()
     scan: bool = False
     fp8: str = "none"  # FP8 products in the blocks' dense layers: a recipe of clipjax.models.fp8
+    fp8_amax_history: int = 0  # 0: current scaling; N: delayed scaling from the last N steps' maxima
 
     @nn.compact
     def __call__(
@@ -377,6 +379,7 @@ class Encoder(nn.Module):
             dtype=self.dtype,
             norm_eps=self.norm_eps,
             fp8=self.fp8,
+            fp8_amax_history=self.fp8_amax_history,
         )
         if self.scan:
             return self._scanned(x, wanted, return_attention, rates, block_options)
@@ -415,7 +418,7 @@ class Encoder(nn.Module):
         varying = any(rates)
         scanned = nn.scan(
             block_cls,
-            variable_axes={"params": 0},
+            variable_axes={"params": 0, FP8_STATS: 0},
             split_rngs={"params": True, "dropout": True},
             in_axes=0 if varying else nn.broadcast,
             length=self.depth,

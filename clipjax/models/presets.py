@@ -81,6 +81,7 @@ def build_image_tower(model: ConfigDict) -> nn.Module:
         dtype=DTYPES[model.dtype],
         # Configs saved before FP8 products existed have no `fp8_matmuls`: they trained without them.
         fp8_matmuls=model.get("fp8_matmuls", "none"),
+        fp8_amax_history=model.get("fp8_amax_history", 0),
         drop_path=drop_path,
     )
 
@@ -105,6 +106,7 @@ def build_clip(model: ConfigDict) -> CLIP:
         dtype=DTYPES[model.dtype],
         # Configs saved before FP8 products existed have no `fp8_matmuls`: they trained without them.
         fp8_matmuls=model.get("fp8_matmuls", "none"),
+        fp8_amax_history=model.get("fp8_amax_history", 0),
     )
     return CLIP(
         image=build_image_tower(model),

@@ -40,6 +40,7 @@ class TextTransformer(nn.Module):
     attention: str = "auto"  # see clipjax.models.layers.attention_implementation
     dtype: Dtype = jnp.float32
     fp8_matmuls: str = "none"  # FP8 recipe of the blocks' dense layers (clipjax.models.fp8)
+    fp8_amax_history: int = 0  # 0: FP8 scaled by current maxima; N: by the last N steps' (delayed scaling)
 
     @nn.compact
     def __call__(
@@ -68,6 +69,7 @@ class TextTransformer(nn.Module):
             attention=self.attention,
             dtype=self.dtype,
             fp8=self.fp8_matmuls,
+            fp8_amax_history=self.fp8_amax_history,
             name="encoder",
         )(x, return_layers, return_attention)
         x = layer_norm("ln_final", self.dtype)(x)

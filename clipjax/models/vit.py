@@ -56,6 +56,7 @@ class VisionTransformer(nn.Module):
     attention: str = "auto"  # see clipjax.models.layers.attention_implementation
     dtype: Dtype = jnp.float32
     fp8_matmuls: str = "none"  # FP8 recipe of the blocks' dense layers (clipjax.models.fp8)
+    fp8_amax_history: int = 0  # 0: FP8 scaled by current maxima; N: by the last N steps' (delayed scaling)
     drop_path: float = 0.0
     layout: str = "clip"
     # ViTDet's backbone for detection: blocks outside `global_blocks` attend within window_size x window_size
@@ -112,6 +113,7 @@ class VisionTransformer(nn.Module):
             attention=self.attention,
             dtype=self.dtype,
             fp8=self.fp8_matmuls,
+            fp8_amax_history=self.fp8_amax_history,
             drop_path=drop_path_rates(self.drop_path, self.depth),
             norm_eps=eps,
             window_size=self.window_size,

@@ -16,6 +16,7 @@ from clipjax.data.transforms import normalize_images
 from clipjax.evals.setup import make_evaluator
 from clipjax.losses import clip_loss, siglip_loss
 from clipjax.models import CLIP, build_clip, clamp_logit_scale
+from clipjax.models.fp8 import FP8_STATS, value_and_grad_advancing_fp8_stats
 from clipjax.train.loop import Metrics, Task, train
 from clipjax.train.optim import global_norm, lr_schedule, make_optimizer
 from clipjax.train.state import TrainState
@@ -67,9 +68,11 @@ def make_train_step(model: CLIP, tx: optax.GradientTransformation, config: Confi
         return loss, (scale, model_state)
 
     def train_step(state: TrainState, batch: dict[str, jax.Array]) -> tuple[TrainState, Metrics]:
-        (loss, (scale, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        (loss, (scale, model_state)), grads, fp8_stats = value_and_grad_advancing_fp8_stats(loss_fn)(
             state.params, state.model_state, batch
         )
+        if fp8_stats is not None:  # delayed scaling: the amax histories advanced by this step's maxima
+            model_state = {**model_state, FP8_STATS: fp8_stats}
         constrain = functools.partial(clamp_logit_scale, max_scale=config.model.logit_scale_max)
         new_state, guard_metrics = state.apply_gradients(grads, loss, tx, constrain, model_state=model_state)
         metrics = {

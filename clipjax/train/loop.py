@@ -41,12 +41,12 @@ Metrics = dict[str, Any]
 
 # Config keys a run cannot change and still continue its checkpoints (model.dtype, model.remat,
 # model.attention and model.fp8_matmuls only change how the same function is computed, model.drop_path only
-# its training noise, so they may change). Turning the weight average (optim.ema_decay) on or off changes the
-# state's arrays.
+# its training noise, so they may change). Turning the weight average (optim.ema_decay) or delayed scaling's
+# amax histories (model.fp8_matmuls with model.fp8_amax_history > 0) on or off changes the state's arrays.
 INCOMPATIBLE_KEYS = ("task", "seed", "model", "loss.kind")
 COMPATIBLE_MODEL_KEYS = ("model.dtype", "model.remat", "model.attention", "model.fp8_matmuls", "model.drop_path")
 # Keys that configs saved by earlier versions lack, with the value those versions meant.
-LATER_KEYS = {"model.image.layout": "clip", "model.scan": False}
+LATER_KEYS = {"model.image.layout": "clip", "model.scan": False, "model.fp8_amax_history": 0}
 # How a logging window reduces each metric; everything else is averaged.
 WINDOW_REDUCTIONS = {"train/skipped_steps": "last", "train/bad_streak": "max"}
 
@@ -135,6 +135,11 @@ def save_config(config: ConfigDict, workdir: str) -> None:
     os.replace(path + ".tmp", path)
 
 
+def keeps_fp8_stats(flat_config: dict[str, Any]) -> bool:
+    """Whether a run with this (flattened) config keeps delayed scaling's amax histories in its state."""
+    return flat_config.get("model.fp8_matmuls", "none") != "none" and flat_config.get("model.fp8_amax_history", 0) > 0
+
+
 def check_compatible(saved: dict[str, Any], config: ConfigDict, directory: str) -> None:
     """Raises ConfigError if `config` changed a key the checkpoints in `directory` depend on."""
     old, new = _flatten(saved), _flatten(config.to_dict())
@@ -146,6 +151,13 @@ def check_compatible(saved: dict[str, Any], config: ConfigDict, directory: str) 
                 f"config.{key} was {was!r} when the checkpoints in {directory} were written and is "
                 f"{new.get(key)!r} now; resuming would mix two runs: restore the old value or use a new --workdir"
             )
+    if keeps_fp8_stats(old) != keeps_fp8_stats(new):
+        raise ConfigError(
+            f"config.model.fp8_matmuls was {old.get('model.fp8_matmuls', 'none')!r} when the checkpoints in "
+            f"{directory} were written and is {new.get('model.fp8_matmuls')!r} now, with "
+            f"model.fp8_amax_history={new.get('model.fp8_amax_history')}: delayed scaling's amax histories cannot be "
+            "added or dropped mid-run; restore the old value or use a new --workdir"
+        )
     if (old.get("optim.ema_decay", 0.0) > 0) != (new.get("optim.ema_decay", 0.0) > 0):
         raise ConfigError(
             f"config.optim.ema_decay was {old.get('optim.ema_decay', 0.0)!r} when the checkpoints in {directory} "

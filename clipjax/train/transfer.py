@@ -22,6 +22,7 @@ from ml_collections import ConfigDict
 from clipjax.config import merge_onto_defaults
 from clipjax.data.transforms import normalize_images
 from clipjax.errors import ConfigError
+from clipjax.models.fp8 import FP8_STATS, value_and_grad_advancing_fp8_stats
 from clipjax.train.init import METADATA_FILE, read_metadata, read_saved_variables, replace_saved, transplant
 from clipjax.train.loop import Metrics, Task
 from clipjax.train.optim import global_norm, lr_schedule, make_optimizer
@@ -35,6 +36,7 @@ FINETUNE_MODEL_KEYS = (
     "remat",
     "attention",
     "fp8_matmuls",
+    "fp8_amax_history",
     "drop_path",
     "batch_norm",
     "scan",
@@ -147,9 +149,11 @@ def finetuning_step(config: ConfigDict, tx: optax.GradientTransformation, loss_f
     def train_step(state: TrainState, batch: dict[str, jax.Array]) -> tuple[TrainState, Metrics]:
         rng = jax.random.fold_in(state.rng, state.step)
         batch = {**batch, "image": normalize_images(batch["image"], config.data.normalize)}
-        (loss, (model_state, extra)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        (loss, (model_state, extra)), grads, fp8_stats = value_and_grad_advancing_fp8_stats(loss_fn)(
             state.params, state.model_state, batch, rng
         )
+        if fp8_stats is not None:
+            model_state = {**model_state, FP8_STATS: fp8_stats}
         new_state, guard = state.apply_gradients(
             grads, loss, tx, model_state=model_state, ema_decay=config.optim.ema_decay
         )
