@@ -58,7 +58,7 @@ def test_converted_open_clip_gives_open_clips_embeddings(name):
     with torch.no_grad():
         want_image = torch_model.encode_image(torch.tensor(images).permute(0, 3, 1, 2), normalize=True).numpy()
         want_text = torch_model.encode_text(torch.tensor(tokens, dtype=torch.long), normalize=True).numpy()
-    got_image, got_text, scale = model.apply(variables, jnp.asarray(images), jnp.asarray(tokens))
+    got_image, got_text, scale = jax.jit(model.apply)(variables, jnp.asarray(images), jnp.asarray(tokens))
     np.testing.assert_allclose(got_image, want_image, atol=1e-4)
     np.testing.assert_allclose(got_text, want_text, atol=1e-4)
     assert float(scale) == pytest.approx(float(torch_model.logit_scale.detach().exp()), rel=1e-6)

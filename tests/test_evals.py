@@ -1,5 +1,6 @@
 """Zero-shot and retrieval evaluation: exact counts over whole splits on 8 devices, against numpy oracles."""
 
+import functools
 import json
 import os
 
@@ -109,20 +110,23 @@ def test_zeroshot_and_retrieval_equal_numpy_on_unsharded_embeddings(eval_data):
     config = tiny_eval_config(root)
     model = build_clip(config.model)
     size, length = config.model.image_size, config.model.text.context_length
-    params = model.init(jax.random.PRNGKey(1), jnp.zeros((1, size, size, 3)), jnp.zeros((1, length), jnp.int32))[
-        "params"
-    ]
+    params = jax.jit(model.init)(
+        jax.random.PRNGKey(1), jnp.zeros((1, size, size, 3)), jnp.zeros((1, length), jnp.int32)
+    )["params"]
     metrics = make_evaluator(model, make_mesh(config.mesh), config)({"params": params})
 
     # Oracle: one device, no batching, numpy top-k.
     def images(paths):
         # The same decode as the pipeline (JPEGs at reduced scale): this test is about batching and metrics.
         pixels = np.stack([center_crop(decode_image(open(path, "rb").read(), target=size), size) for path in paths])
-        out = model.apply({"params": params}, normalize_images(pixels, "clip"), method=CLIP.encode_image)
+        out = jax.jit(functools.partial(model.apply, method=CLIP.encode_image))(
+            {"params": params}, normalize_images(pixels, "clip")
+        )
         return np.asarray(out)
 
     def texts(strings):
-        return np.asarray(model.apply({"params": params}, tokenize(strings, length), method=CLIP.encode_text))
+        encode = jax.jit(functools.partial(model.apply, method=CLIP.encode_text))
+        return np.asarray(encode({"params": params}, tokenize(strings, length)))
 
     _, templates = imagenet_prompts()
     names = [c.replace("_", " ") for c in classes]

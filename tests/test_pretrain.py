@@ -1,4 +1,4 @@
-"""End to end: the smoke pretraining through the real command line, on 8 simulated devices, then a resume."""
+"""End to end: the smoke pretraining through the real command line, on 2 simulated devices, then a resume on 8."""
 
 import json
 import os
@@ -18,7 +18,7 @@ def smoke_run(smoke_pretraining):
 def test_smoke_run_finishes_and_prints_a_summary(smoke_run):
     _, status, stdout = smoke_run
     assert status == 0
-    assert "8 cpu devices, mesh data=8, fsdp=1, global batch 128 (16 per device), 250 steps" in stdout
+    assert "2 cpu devices, mesh data=2, fsdp=1, global batch 128 (64 per device), 250 steps" in stdout
     for fragment in ("eval/zeroshot_top1", "train/pairs_per_s", "wall time", "steps                    250"):
         assert fragment in stdout
 
