@@ -53,9 +53,10 @@ def _power_of_two_scale(amax: jax.Array, fp8_dtype: Any) -> jax.Array:
     and the scale must be, for q * scale to be the same value everywhere."""
     largest = float(jnp.finfo(fp8_dtype).max)
     amax = amax.astype(jnp.float32)
-    mantissa, exponent = jnp.frexp(amax / largest)  # amax / largest = mantissa * 2^exponent, mantissa in [0.5, 1)
-    power = jnp.clip(jnp.where(mantissa == 0.5, exponent - 1, exponent), -126, 127)  # ceil(log2(amax / largest))
-    scale = lax.bitcast_convert_type((power + 127).astype(jnp.int32) << 23, jnp.float32)  # exactly 2^power
+    # ceil(log2(v)) of a normal float32 v from its bits: the exponent, plus one unless the mantissa is zero.
+    bits = lax.bitcast_convert_type(jnp.maximum(amax / largest, jnp.finfo(jnp.float32).tiny), jnp.int32)
+    power = jnp.minimum((bits >> 23) - 127 + ((bits & 0x7FFFFF) != 0), 127)
+    scale = lax.bitcast_convert_type((power + 127) << 23, jnp.float32)  # exactly 2^power
     return jnp.where(amax > 0, jnp.where(jnp.isinf(amax), amax, scale), 1.0)
 
 
