@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
+import optax
 import pytest
 
 from clipjax.data.transforms import normalize_images
@@ -25,6 +26,8 @@ from clipjax.models.fp8 import (
 from clipjax.models.presets import build_clip
 from clipjax.tasks.pretrain import make_init_state, make_train_step
 from clipjax.train.optim import make_optimizer
+from clipjax.train.state import TrainState
+from clipjax.train.transfer import finetuning_step
 from clipjax.validation import validate
 from tests.helpers import tiny_config
 
@@ -256,3 +259,25 @@ def test_a_pretraining_step_with_delayed_scaling_records_each_layers_maxima():
     config.model.fp8_amax_history = -1
     with pytest.raises(ConfigError, match="config.model.fp8_amax_history=-1 must be a non-negative integer"):
         validate(config, num_devices=1, process_count=1, tasks=("pretrain",))
+
+
+def test_the_finetuning_step_advances_delayed_scaling_histories_beside_the_update():
+    config = tiny_config({"data": 1})
+    config.data.normalize = "none"
+    model = nn.Dense(3, **dense_product("all", 2))
+    images = np.random.default_rng(13).integers(0, 256, (8, 2, 2, 3), dtype=np.uint8)
+    batch = {"image": images, "label": np.arange(8) % 3}
+
+    def loss_fn(params, model_state, batch, rng):
+        logits = model.apply({"params": params, **model_state}, batch["image"].reshape(8, -1))
+        return optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean(), (model_state, {})
+
+    tx = make_optimizer(config.optim, config.total_steps)
+    state = TrainState.create(model.init(jax.random.PRNGKey(0), jnp.zeros((1, 12))), tx, jax.random.PRNGKey(1))
+    new_state, metrics = jax.jit(finetuning_step(config, tx, loss_fn))(state, batch)
+    history = np.asarray(new_state.model_state[FP8_STATS]["DelayedScalingProduct_0"]["amax_history"])
+    # The input's maximum (scale 1: the pixels in [0, 1] round to E4M3 as they are) and the gradient's.
+    largest_pixel = float(np.float32(images.max() / 255.0).astype(ml_dtypes.float8_e4m3fn))
+    assert history[0, 0] == largest_pixel and history[1, 0] > 0 and not np.any(history[:, 1])
+    assert np.isfinite(metrics["train/loss"]) and int(metrics["train/skipped_steps"]) == 0
+    assert not np.allclose(new_state.params["kernel"], state.params["kernel"])  # the update happened too
