@@ -10,8 +10,8 @@ and its CUDA plugin only compiles), with the shardings, fused loss and optimizer
 - memory: XLA's buffer assignment (arguments, outputs, aliased donations, temporaries) and whether the step
   fits on the card. cuDNN's workspaces are not in it (the kernels are chosen on a GPU);
 - kernels by kind and the bytes each kind reads and writes, and the JAX ops that move the most bytes;
-- a floor on the step time: model matmul FLOPs at the card's measured bf16 matmul peak (those in cuBLASLt's
-  FP8 GEMMs, with `model.fp8_matmuls`, at its FP8 peak) plus the bytes of the memory-bound kernels at its
+- a floor on the step time: model matmul FLOPs at the card's measured bf16 matmul peak (those in FP8 GEMMs,
+  cuBLASLt's or Triton's with `model.fp8_matmuls`, at its FP8 peak) plus the bytes of the memory-bound kernels at its
   bandwidth (each kernel at its own roof, nothing overlapping).
 Without a device XLA cannot autotune: matmul tilings are its defaults, so the measured step differs. (Tiny
 float32 test models can find no default Triton tiling; `XLA_FLAGS=--xla_gpu_enable_triton_gemm=false` then.)
