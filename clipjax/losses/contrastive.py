@@ -22,7 +22,16 @@ import jax.numpy as jnp
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
-from clipjax.losses.tiles import Collectives, TileLayout, streaming_logsumexp, tiled_backward, tiled_sum
+from clipjax.losses.tiles import (
+    Collectives,
+    TileLayout,
+    column_logsumexp,
+    matching_pairs,
+    prepare_tiles,
+    streaming_logsumexp,
+    tiled_backward,
+    tiled_sum,
+)
 
 IMPLEMENTATIONS = ("fused", "naive")
 LOSS_KINDS = ("clip", "siglip")
@@ -53,7 +62,7 @@ def clip_loss(
     """
     if impl == "naive":
         return _naive_clip_loss(image_emb, text_emb, logit_scale)
-    _check(impl, image_emb, text_emb)
+    check_embeddings(impl, image_emb, text_emb)
     return _fused(_clip_forward, _clip_backward, mesh, block_size)(image_emb, text_emb, logit_scale)
 
 
@@ -73,11 +82,12 @@ def siglip_loss(
     """
     if impl == "naive":
         return _naive_siglip_loss(image_emb, text_emb, logit_scale, logit_bias)
-    _check(impl, image_emb, text_emb)
+    check_embeddings(impl, image_emb, text_emb)
     return _fused(_siglip_forward, _siglip_backward, mesh, block_size)(image_emb, text_emb, logit_scale, logit_bias)
 
 
-def _check(impl: str, image_emb: jax.Array, text_emb: jax.Array) -> None:
+def check_embeddings(impl: str, image_emb: jax.Array, text_emb: jax.Array) -> None:
+    """Raises ValueError for an unknown impl or embeddings that are not both [B, d]."""
     if impl not in IMPLEMENTATIONS:
         raise ValueError(f"contrastive loss impl={impl!r} is not one of {IMPLEMENTATIONS}")
     if image_emb.shape != text_emb.shape or image_emb.ndim != 2:
@@ -103,6 +113,42 @@ def _naive_siglip_loss(
 # --- fused: a global custom VJP whose forward and backward each run one shard_map ------------------------
 
 
+def batch_sharded(mesh: Mesh | None, *static: object) -> tuple[P, Callable]:
+    """(rows, sharded) for per-device loss bodies body(collectives, *static, *arrays).
+
+    `sharded(body, in_specs, out_specs)` runs body under `shard_map` over `mesh`'s batch axes, or plainly on
+    global arrays without a mesh; `rows` is the spec of arrays split like the batch.
+    """
+    axes = BATCH_AXES if mesh is not None else ()
+    collectives = Collectives(axes, math.prod(mesh.shape[axis] for axis in axes) if mesh is not None else 1)
+
+    def sharded(body: Callable, in_specs: tuple, out_specs: tuple) -> Callable:
+        fn = lambda *args: body(collectives, *static, *args)  # noqa: E731
+        if mesh is None:
+            return fn
+        return jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False)
+
+    return (P(axes) if axes else P()), sharded
+
+
+def clip_value(
+    collectives: Collectives,
+    layout: TileLayout,
+    x: jax.Array,
+    y: jax.Array,
+    scale: jax.Array,
+    row_lse: jax.Array,
+    col_lse: jax.Array,
+) -> jax.Array:
+    """CLIP's loss [] from this device's rows x, y [n, d] and the logits' log-sum-exps: row_lse over this
+    device's (padded) rows, col_lse over all (padded) columns."""
+    # Subtract each pair's own logit row by row before summing: the terms are large and nearly cancel.
+    matched = scale * jnp.sum(x.astype(jnp.float32) * y.astype(jnp.float32), axis=1)
+    own_cols = jax.lax.dynamic_slice_in_dim(col_lse, collectives.row_offset(layout.rows), layout.rows)
+    local = jnp.sum((row_lse[: layout.rows] - matched) + (own_cols - matched))
+    return 0.5 * collectives.psum(local) / layout.cols
+
+
 def _fused(forward_body: Callable, backward_body: Callable, mesh: Mesh | None, block_size: int) -> Callable:
     """Builds loss(x, y, *scalars) from per-device bodies.
 
@@ -111,16 +157,7 @@ def _fused(forward_body: Callable, backward_body: Callable, mesh: Mesh | None, b
     x, y are this device's rows; every scalar and loss is replicated. Row statistics come back split like
     the rows (first statistic), others replicated.
     """
-    axes = BATCH_AXES if mesh is not None else ()
-    collectives = Collectives(axes, math.prod(mesh.shape[axis] for axis in axes) if mesh is not None else 1)
-
-    def sharded(body: Callable, in_specs: tuple, out_specs: tuple) -> Callable:
-        fn = lambda *args: body(collectives, block_size, *args)  # noqa: E731
-        if mesh is None:
-            return fn
-        return jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False)
-
-    rows = P(axes) if axes else P()
+    rows, sharded = batch_sharded(mesh, block_size)
 
     @jax.custom_vjp
     def loss(x, y, *scalars):
@@ -143,27 +180,12 @@ def _fused(forward_body: Callable, backward_body: Callable, mesh: Mesh | None, b
     return loss
 
 
-def _prepare(collectives: Collectives, block: int, x: jax.Array, y: jax.Array):
-    """Pads this device's rows and the gathered columns to whole tiles."""
-    layout = TileLayout.create(x.shape[0], x.shape[0] * collectives.size, block)
-    return layout, layout.pad_rows(x), layout.pad_cols(collectives.gather(y))
-
-
 def _clip_forward(collectives: Collectives, block: int, x: jax.Array, y: jax.Array, scale: jax.Array):
-    layout, xp, yp = _prepare(collectives, block, x, y)
+    layout, xp, yp = prepare_tiles(collectives, block, x, y)
     batch = layout.cols
     row_lse, col_max, col_sum = streaming_logsumexp(xp, yp, scale, layout)
-    # Combine the devices' column statistics: a log-sum-exp of log-sum-exps, O(B) communication.
-    col_valid = jnp.arange(col_max.shape[0]) < batch
-    global_max = collectives.pmax(col_max)
-    shifted = jnp.where(col_valid, col_max - global_max, -jnp.inf)
-    col_lse = jnp.where(col_valid, global_max + jnp.log(collectives.psum(col_sum * jnp.exp(shifted))), 0.0)
-    # Subtract each pair's own logit row by row before summing: the terms are large and nearly cancel.
-    matched = scale * jnp.sum(x.astype(jnp.float32) * y.astype(jnp.float32), axis=1)
-    own_cols = jax.lax.dynamic_slice_in_dim(col_lse, collectives.row_offset(layout.rows), layout.rows)
-    local = jnp.sum((row_lse[: layout.rows] - matched) + (own_cols - matched))
-    value = 0.5 * collectives.psum(local) / batch
-    return value, row_lse[: layout.rows], col_lse[:batch]
+    col_lse = column_logsumexp(collectives, layout, col_max, col_sum)
+    return clip_value(collectives, layout, x, y, scale, row_lse, col_lse), row_lse[: layout.rows], col_lse[:batch]
 
 
 def _clip_backward(
@@ -176,7 +198,7 @@ def _clip_backward(
     col_lse: jax.Array,
     cotangent: jax.Array,
 ):
-    layout, xp, yp = _prepare(collectives, block, x, y)
+    layout, xp, yp = prepare_tiles(collectives, block, x, y)
     batch = layout.cols
     row_lse, col_lse = layout.pad_rows(row_lse), layout.pad_cols(col_lse)
     weight = cotangent / batch
@@ -188,7 +210,7 @@ def _clip_backward(
         softmaxes = jnp.exp(logits - layout.row_tile(row_lse, i)[:, None]) + jnp.exp(
             logits - layout.col_tile(col_lse, j)[None, :]
         )
-        matched = _matching(collectives, layout, i, j)
+        matched = matching_pairs(collectives, layout, i, j)
         valid = layout.row_valid(i)[:, None] & layout.col_valid(j)[None, :]
         return jnp.where(valid, weight * (0.5 * softmaxes - matched), 0.0)
 
@@ -198,20 +220,13 @@ def _clip_backward(
     return dx.astype(x.dtype), dy.astype(y.dtype), collectives.psum(d_scale)
 
 
-def _matching(collectives: Collectives, layout: TileLayout, i: jax.Array, j: jax.Array) -> jax.Array:
-    """float32 [r, c]: 1 where tile (i, j) holds a matching pair (global row == column), else 0."""
-    rows = collectives.row_offset(layout.rows) + i * layout.row_block + jnp.arange(layout.row_block)
-    cols = j * layout.col_block + jnp.arange(layout.col_block)
-    return (rows[:, None] == cols[None, :]).astype(jnp.float32)
-
-
 def _pair_signs(collectives: Collectives, layout: TileLayout, i: jax.Array, j: jax.Array) -> jax.Array:
     """+1 where tile (i, j) holds a matching pair, -1 elsewhere."""
-    return 2.0 * _matching(collectives, layout, i, j) - 1.0
+    return 2.0 * matching_pairs(collectives, layout, i, j) - 1.0
 
 
 def _siglip_forward(collectives: Collectives, block: int, x, y, scale, bias):
-    layout, xp, yp = _prepare(collectives, block, x, y)
+    layout, xp, yp = prepare_tiles(collectives, block, x, y)
 
     def tile_value(similarity, i, j):
         valid = layout.row_valid(i)[:, None] & layout.col_valid(j)[None, :]
@@ -224,7 +239,7 @@ def _siglip_forward(collectives: Collectives, block: int, x, y, scale, bias):
 
 
 def _siglip_backward(collectives: Collectives, block: int, x, y, scale, bias, _row_stat, _col_stat, cotangent):
-    layout, xp, yp = _prepare(collectives, block, x, y)
+    layout, xp, yp = prepare_tiles(collectives, block, x, y)
     weight = -cotangent / layout.cols
 
     def tile_cotangent(similarity, i, j):

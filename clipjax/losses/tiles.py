@@ -85,6 +85,30 @@ class TileLayout:
         return j * self.col_block + jnp.arange(self.col_block) < self.cols
 
 
+def prepare_tiles(
+    collectives: Collectives, block: int, x: jax.Array, y: jax.Array
+) -> tuple[TileLayout, jax.Array, jax.Array]:
+    """This device's rows x [n, d] padded to whole tiles, and all devices' columns y gathered and padded."""
+    layout = TileLayout.create(x.shape[0], x.shape[0] * collectives.size, block)
+    return layout, layout.pad_rows(x), layout.pad_cols(collectives.gather(y))
+
+
+def column_logsumexp(collectives: Collectives, layout: TileLayout, col_max: jax.Array, col_sum: jax.Array) -> jax.Array:
+    """Combines the devices' column statistics from `streaming_logsumexp` (a log-sum-exp of log-sum-exps, O(B)
+    communication) into each column's log-sum-exp over all rows: float32 [cols padded], 0 on padding."""
+    col_valid = jnp.arange(col_max.shape[0]) < layout.cols
+    global_max = collectives.pmax(col_max)
+    shifted = jnp.where(col_valid, col_max - global_max, -jnp.inf)
+    return jnp.where(col_valid, global_max + jnp.log(collectives.psum(col_sum * jnp.exp(shifted))), 0.0)
+
+
+def matching_pairs(collectives: Collectives, layout: TileLayout, i: jax.Array, j: jax.Array) -> jax.Array:
+    """float32 [r, c]: 1 where tile (i, j) holds a matching pair (global row == column), else 0."""
+    rows = collectives.row_offset(layout.rows) + i * layout.row_block + jnp.arange(layout.row_block)
+    cols = j * layout.col_block + jnp.arange(layout.col_block)
+    return (rows[:, None] == cols[None, :]).astype(jnp.float32)
+
+
 def tile_similarity(x_tile: jax.Array, y_tile: jax.Array) -> jax.Array:
     """[r, d] x [c, d] -> [r, c] float32 dot products, accumulated in float32 whatever the input dtype."""
     return jnp.einsum("rd,cd->rc", x_tile, y_tile, preferred_element_type=jnp.float32)
