@@ -2,8 +2,9 @@
 
 Layouts (see shared REFERENCE.md): an image shard holds `{key}.jpg|png|webp`, `{key}.txt`, `{key}.json`
 ({"uid": ..., ...}); the DataCompDR shard of the same file name holds `{key}.syn.json` ({"syn_text": [5]}),
-`{key}.paug.json`, `{key}.npz` (image_emb, text_emb) and `{key}.json` ({"uid", "sha256"}), in its own
-order, joined by uid.
+`{key}.paug.json` ({"param_aug": [[[top, left, height, width], RandAugment ops], ...]}), `{key}.npz` (the
+teacher's image_emb [AUGMENTATIONS, TEACHER_WIDTH], text_emb [1 + 5, TEACHER_WIDTH]) and `{key}.json`
+({"uid", "sha256"}), in its own order, joined by uid.
 
 `write_datasets(root)` returns a `Written` record saying which sample should be skipped for which reason
 under each caption policy, so tests compare the pipeline's counts with what was written.
@@ -23,6 +24,24 @@ import skimage.data
 from PIL import Image
 
 SYNTHETIC_CAPTIONS = 5
+AUGMENTATIONS = 3  # stored augmentations per image (DataCompDR-12M keeps 30)
+TEACHER_WIDTH = 8  # two members of 4 (DataCompDR: two of 768)
+# torchvision RandAugment ops as DataCompDR stores them, [op index, signed magnitude], at its magnitude 9 of 31.
+STORED_OPS = [
+    [0, 0.0],
+    [1, 0.09],
+    [2, -0.09],
+    [3, 4.0],
+    [4, -4.0],
+    [6, 0.27],
+    [7, -0.27],
+    [8, 0.27],
+    [9, 0.27],
+    [10, 7.0],
+    [11, 178.5],
+    [12, 0.0],
+    [13, 0.0],
+]
 
 
 def photos() -> dict[str, Image.Image]:
@@ -78,6 +97,9 @@ class Sample:
     synthetic: list[str] | None  # the synthetic captions when the DataCompDR shard has them
     bad: dict[str, str]  # caption policy -> skip reason ("real", "synthetic", "mixed", "both")
     photo: Image.Image | None = None  # the source image, for usable samples
+    distill_bad: str | None = None  # the skip reason with distillation, where the captions are usable
+    # What the DataCompDR record stores: paug.json's param_aug, image_emb, text_emb (None: no record).
+    reinforcement: tuple[list, np.ndarray, np.ndarray] | None = None
 
 
 @dataclasses.dataclass
@@ -88,10 +110,10 @@ class Written:
     lost: list[str]  # keys left out because their shard is truncated
     orphan_uids: list[str]  # DataCompDR records with no image
 
-    def expected_skips(self, captions: str) -> dict[str, int]:
+    def expected_skips(self, captions: str, distill: bool = False) -> dict[str, int]:
         counts: dict[str, int] = {}
         for sample in self.samples:
-            reason = sample.bad.get(captions)
+            reason = sample.bad.get(captions) or (sample.distill_bad if distill else None)
             if reason:
                 counts[reason] = counts.get(reason, 0) + 1
         return counts
@@ -115,6 +137,22 @@ def _bad(key: str, members: dict[str, bytes], **bad: str) -> Sample:
 
 def _all(reason: str) -> dict[str, str]:
     return {policy: reason for policy in ("real", "synthetic", "mixed", "both")}
+
+
+def _reinforcement(sample: Sample | None, rng: np.random.Generator) -> tuple[list, np.ndarray, np.ndarray]:
+    """param_aug (crops inside the photo, torchvision RandAugment ops, one augmentation without them) and the
+    teacher's embeddings: image_emb float16 [AUGMENTATIONS, TEACHER_WIDTH], text_emb float32 [6, TEACHER_WIDTH]."""
+    width, height = sample.photo.size if sample is not None and sample.photo is not None else (8, 8)
+    params = []
+    for a in range(AUGMENTATIONS):
+        h, w = int(rng.integers(height // 2, height + 1)), int(rng.integers(width // 2, width + 1))
+        top, left = int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1))
+        if sample is not None and sample.key == "s1/002":
+            top = height  # below the image: these augmentations belong to another photo
+        ops = [[5, float(rng.choice([-9.0, 9.0]))], STORED_OPS[int(rng.integers(len(STORED_OPS)))]] if a else None
+        params.append([[top, left, h, w], ops])
+    image_emb = rng.normal(size=(AUGMENTATIONS, TEACHER_WIDTH)).astype(np.float16)
+    return params, image_emb, rng.normal(size=(1 + SYNTHETIC_CAPTIONS, TEACHER_WIDTH))
 
 
 def write_datasets(root: str) -> Written:
@@ -145,12 +183,18 @@ def write_datasets(root: str) -> Written:
     # No synthetic record for s0/003: its image has only the real caption.
     shard0[3].synthetic = None
     shard0[3].bad = {k: "missing_synthetic" for k in ("synthetic", "mixed", "both")}
+    shard0[3].distill_bad = "missing_reinforcement"
+    # DataCompDR records that fail only under distillation: no npz, embeddings of another width, and (in
+    # shard1) a stored crop outside the image.
+    shard0[8].distill_bad = "missing_reinforcement"
+    shard0[6].distill_bad = "bad_reinforcement"
     shard1 = [
         _good("s1/000", "hubble", p["hubble"], "jpg"),
         _good("s1/001", "tissue", p["tissue"], "jpg"),
         _good("s1/002", "colorwheel", p["colorwheel"], "webp"),
         _good("s1/003", "chelsea_again", p["chelsea"], "jpg"),  # its image is cut off by the truncation
     ]
+    shard1[2].distill_bad = "bad_reinforcement"
     image_dir, synthetic_dir = os.path.join(root, "datacomp"), os.path.join(root, "datacompdr")
     os.makedirs(image_dir)
     os.makedirs(synthetic_dir)
@@ -181,15 +225,20 @@ def write_datasets(root: str) -> Written:
         for n, sample in enumerate(records + [None]):
             uid = sample.uid if sample else f"uid-orphan-{number}"
             texts = sample.synthetic if sample else _synthetic_texts("orphan")
-            npz = io.BytesIO()
-            np.savez(npz, image_emb=rng.normal(size=(2, 8)).astype(np.float16), text_emb=rng.normal(size=(6, 8)))
             key = f"dr{number}/{n:04d}"
             dr_members += [
                 (f"{key}.json", json.dumps({"uid": uid, "sha256": hashlib.sha256(uid.encode()).hexdigest()}).encode()),
                 (f"{key}.syn.json", json.dumps({"syn_text": texts}).encode()),
-                (f"{key}.paug.json", json.dumps({"crop": [[0, 0, 1, 1]], "flip": [False]}).encode()),
-                (f"{key}.npz", npz.getvalue()),
             ]
+            params, image_emb, text_emb = _reinforcement(sample, rng)
+            width = TEACHER_WIDTH - 2 if sample and sample.key == "s0/006" else TEACHER_WIDTH
+            npz = io.BytesIO()
+            np.savez(npz, image_emb=image_emb[:, :width], text_emb=text_emb[:, :width])
+            dr_members.append((f"{key}.paug.json", json.dumps({"param_aug": params}).encode()))
+            if not (sample and sample.key == "s0/008"):
+                dr_members.append((f"{key}.npz", npz.getvalue()))
+            if sample:
+                sample.reinforcement = (params, image_emb.astype(np.float32), text_emb.astype(np.float32))
         write_tar(os.path.join(synthetic_dir, name), dr_members)
     lost = [shard1[-1].key]
     return Written(

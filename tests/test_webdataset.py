@@ -7,12 +7,19 @@ import shutil
 
 import numpy as np
 import pytest
+from PIL import Image
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms import functional as tvf
+from torchvision.transforms.autoaugment import _apply_op
 
 from clipjax.data import tar_index
+from clipjax.data.augment import TORCHVISION_RAND_AUGMENT_OPS
 from clipjax.data.datacomp import webdataset_example
+from clipjax.data.images import decode_image
 from clipjax.data.pipeline import host_batches
 from clipjax.data.webdataset import WebDatasetSource, expand_shards
-from tests.shards import write_datasets
+from clipjax.tokenizer import tokenize
+from tests.shards import AUGMENTATIONS, TEACHER_WIDTH, write_datasets
 
 
 @pytest.fixture(scope="module")
@@ -30,17 +37,18 @@ def source(written):
     return src
 
 
-def transform(captions):
+def transform(captions, teacher_width=None, image_size=24):
     def apply(sample, rng):
         return webdataset_example(
             sample,
             rng,
             captions=captions,
             synthetic_prob=0.5,
-            image_size=24,
+            image_size=image_size,
             context_length=16,
             crop_scale=(0.9, 1.0),
             flip=False,
+            teacher_width=teacher_width,
         )
 
     return apply
@@ -77,7 +85,8 @@ def test_synthetic_captions_are_joined_by_uid_not_by_position(written, source):
             assert "syn.json" not in record
         else:
             assert json.loads(record["syn.json"])["syn_text"] == sample.synthetic
-            assert {"npz", "paug.json"} <= set(record)
+            assert "paug.json" in record
+            assert ("npz" in record) == (sample.key != "s0/008")  # the one record written without it
     # Two orphan DataCompDR records plus the one whose image was lost to the truncation.
     assert source.missing_images == len(written.orphan_uids) + len(written.lost)
 
@@ -141,6 +150,53 @@ def test_every_bad_sample_is_skipped_with_its_reason(written, source, captions):
             assert example["text"].shape == (16,)
             assert ("text_synthetic" in example) == (captions == "both")
     assert counts == written.expected_skips(captions)
+
+
+@pytest.mark.parametrize("captions", ["real", "both"])
+def test_under_distillation_samples_without_usable_reinforcements_are_skipped_too(written, source, captions):
+    counts = collections.Counter()
+    for i in range(len(written.samples)):
+        example = transform(captions, teacher_width=TEACHER_WIDTH)(source[i], np.random.default_rng(i))
+        if "__skipped__" in example:
+            counts[example["__skipped__"]] += 1
+        else:
+            assert example["teacher_image"].shape == (TEACHER_WIDTH,) and example["teacher_image"].dtype == np.float32
+            assert ("teacher_text_synthetic" in example) == (captions == "both")
+    assert counts == written.expected_skips(captions, distill=True)
+    assert counts["bad_reinforcement"] == 2 and counts["missing_reinforcement"] == (2 if captions == "real" else 1)
+
+
+def test_distillation_replays_a_stored_augmentation_and_brings_the_teacher_embeddings_that_match(written, source):
+    size, checked = 64, 0
+    for i, sample in enumerate(written.samples):
+        example = transform("both", teacher_width=TEACHER_WIDTH, image_size=size)(source[i], np.random.default_rng(i))
+        if "__skipped__" in example:
+            continue
+        params, image_emb, text_emb = sample.reinforcement
+        # The teacher's embedding of exactly one stored augmentation came along ...
+        (chosen,) = [a for a in range(AUGMENTATIONS) if np.array_equal(image_emb[a], example["teacher_image"])]
+        # ... and the image is that augmentation as torchvision renders it, not another one.
+        encoded = next(sample.members[e] for e in ("jpg", "png", "webp") if e in sample.members)
+        original = Image.fromarray(decode_image(encoded))
+        renders = []
+        for (top, left, height, width), ops in params:
+            image = tvf.resized_crop(original, top, left, height, width, [size, size], InterpolationMode.BICUBIC)
+            for index, magnitude in ops or ():
+                op = TORCHVISION_RAND_AUGMENT_OPS[index]
+                image = _apply_op(image, op, magnitude, interpolation=InterpolationMode.NEAREST, fill=None)
+            renders.append(np.mean(np.abs(np.asarray(image, np.float64) - example["image"])))
+        others = [render for a, render in enumerate(renders) if a != chosen]
+        assert renders[chosen] < 10.0 and renders[chosen] < min(others) / 2, (sample.key, renders)
+        # The real caption's embedding is row 0; synthetic caption k's is row 1 + k.
+        np.testing.assert_array_equal(example["teacher_text"], text_emb[0])
+        (k,) = [
+            k
+            for k, text in enumerate(sample.synthetic)
+            if np.array_equal(tokenize(text, 16)[0], example["text_synthetic"])
+        ]
+        np.testing.assert_array_equal(example["teacher_text_synthetic"], text_emb[1 + k])
+        checked += 1
+    assert checked == 8  # the 11 usable under "both", less the 3 whose reinforcements are not
 
 
 def test_batches_hold_only_usable_pairs_and_count_what_was_dropped(written, source):

@@ -1,9 +1,10 @@
-"""Host-side image augmentations of the ImageNet finetuning recipe (MAE's ViT-B): RandAugment and random erasing.
+"""Host-side image augmentations of the ImageNet finetuning recipe (MAE's ViT-B): RandAugment and random erasing;
+and the replay of torchvision RandAugment ops that DataCompDR stored with its teacher embeddings.
 
-Both follow timm's semantics (the recipe's `auto_augment="rand-m9-mstd0.5-inc1"`, `re_prob=0.25, re_mode="pixel",
-re_count=1`) but work on single uint8 [H, W, 3] images with numpy and OpenCV instead of PIL and torch, so they
-are cheap enough for grain worker processes. All randomness comes from an explicit `np.random.Generator`: the
-same generator state gives the same output.
+The first two follow timm's semantics (the recipe's `auto_augment="rand-m9-mstd0.5-inc1"`, `re_prob=0.25,
+re_mode="pixel", re_count=1`). All work on single uint8 [H, W, 3] images with numpy and OpenCV instead of PIL
+and torch, so they are cheap enough for grain worker processes. All randomness comes from an explicit
+`np.random.Generator`: the same generator state gives the same output.
 
 The colour ops reproduce PIL's ImageOps / ImageEnhance arithmetic exactly (the lookup tables, the 16-bit grey
 conversion, the float32 blend with truncation); the geometric ops use PIL's affine conventions (pixel centres
@@ -14,7 +15,7 @@ with the fill colour where PIL switches to the fill abruptly (a one-pixel differ
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import cv2
 import numpy as np
@@ -106,7 +107,7 @@ def _posterize(image: np.ndarray, bits: int) -> np.ndarray:
     return cv2.LUT(image, _IDENTITY_LUT & np.uint8((0xFF << (8 - bits)) & 0xFF))
 
 
-def _solarize(image: np.ndarray, threshold: int) -> np.ndarray:
+def _solarize(image: np.ndarray, threshold: float) -> np.ndarray:
     """PIL's ImageOps.solarize: values >= threshold inverted (256: no change, 0: all inverted)."""
     values = np.arange(256)
     return cv2.LUT(image, np.where(values < threshold, values, 255 - values).astype(np.uint8))
@@ -169,21 +170,25 @@ def _sharpness(image: np.ndarray, factor: float) -> np.ndarray:
 # centres at +0.5; OpenCV's inverse maps work in pixel indices, so constant terms shift by the half pixel.
 
 
-def _warp(image: np.ndarray, matrix: np.ndarray, fill: tuple[int, int, int]) -> np.ndarray:
-    """Samples uint8 [H, W, 3] `image` at matrix @ (u, v, 1) for each output index (u, v): bilinear, `fill`
-    outside."""
+def _warp(
+    image: np.ndarray, matrix: np.ndarray, fill: tuple[int, int, int], interpolation: int = _INTERPOLATION
+) -> np.ndarray:
+    """Samples uint8 [H, W, 3] `image` at matrix @ (u, v, 1) for each output index (u, v): bilinear (or the
+    OpenCV `interpolation` given), `fill` outside."""
     height, width = image.shape[:2]
     return cv2.warpAffine(
         image,
         matrix,
         (width, height),
-        flags=_INTERPOLATION | cv2.WARP_INVERSE_MAP,
+        flags=interpolation | cv2.WARP_INVERSE_MAP,
         borderMode=cv2.BORDER_CONSTANT,
         borderValue=tuple(float(v) for v in fill),
     )
 
 
-def _rotate(image: np.ndarray, degrees: float, fill: tuple[int, int, int]) -> np.ndarray:
+def _rotate(
+    image: np.ndarray, degrees: float, fill: tuple[int, int, int], interpolation: int = _INTERPOLATION
+) -> np.ndarray:
     """PIL's Image.rotate(degrees): counter-clockwise about the image centre, same size."""
     height, width = image.shape[:2]
     theta = -math.radians(degrees)
@@ -191,17 +196,21 @@ def _rotate(image: np.ndarray, degrees: float, fill: tuple[int, int, int]) -> np
     cos, sin = round(math.cos(theta), 15), round(math.sin(theta), 15)
     cx, cy = (width - 1) / 2.0, (height - 1) / 2.0  # the centre (w / 2, h / 2) in pixel indices
     matrix = np.array([[cos, sin, cx - cos * cx - sin * cy], [-sin, cos, cy + sin * cx - cos * cy]])
-    return _warp(image, matrix, fill)
+    return _warp(image, matrix, fill, interpolation)
 
 
-def _shear_x(image: np.ndarray, factor: float, fill: tuple[int, int, int]) -> np.ndarray:
+def _shear_x(
+    image: np.ndarray, factor: float, fill: tuple[int, int, int], interpolation: int = _INTERPOLATION
+) -> np.ndarray:
     """PIL's affine (1, factor, 0, 0, 1, 0): input x = x + factor * y, sheared about the top edge."""
-    return _warp(image, np.array([[1.0, factor, 0.5 * factor], [0.0, 1.0, 0.0]]), fill)
+    return _warp(image, np.array([[1.0, factor, 0.5 * factor], [0.0, 1.0, 0.0]]), fill, interpolation)
 
 
-def _shear_y(image: np.ndarray, factor: float, fill: tuple[int, int, int]) -> np.ndarray:
+def _shear_y(
+    image: np.ndarray, factor: float, fill: tuple[int, int, int], interpolation: int = _INTERPOLATION
+) -> np.ndarray:
     """PIL's affine (1, 0, 0, factor, 1, 0): input y = y + factor * x, sheared about the left edge."""
-    return _warp(image, np.array([[1.0, 0.0, 0.0], [factor, 1.0, 0.5 * factor]]), fill)
+    return _warp(image, np.array([[1.0, 0.0, 0.0], [factor, 1.0, 0.5 * factor]]), fill, interpolation)
 
 
 def _translate(image: np.ndarray, dx: float, dy: float, fill: tuple[int, int, int]) -> np.ndarray:
@@ -339,3 +348,66 @@ def random_erasing(
             out[top : top + h, left : left + w] = np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
             break
     return out
+
+
+# ------------------------------------------------------------------------------- torchvision RandAugment replay
+
+# torchvision's RandAugment ops in the order DataCompDR numbers them in its stored augmentations (paug.json).
+TORCHVISION_RAND_AUGMENT_OPS = (
+    "Identity",
+    "ShearX",
+    "ShearY",
+    "TranslateX",
+    "TranslateY",
+    "Rotate",
+    "Brightness",
+    "Color",
+    "Contrast",
+    "Sharpness",
+    "Posterize",
+    "Solarize",
+    "AutoContrast",
+    "Equalize",
+)
+_BLACK = (0, 0, 0)  # torchvision's RandAugment fills uncovered areas with 0 unless told otherwise
+_NEAREST = cv2.INTER_NEAREST  # and samples the nearest pixel (its default interpolation)
+# (image, stored signed magnitude) -> image, with torchvision's meaning of each magnitude: a shear factor
+# (tan of the angle), whole pixels, degrees, an enhance offset from 1, bits, a threshold in pixel values.
+_TORCHVISION_OPS: dict[str, Callable[[np.ndarray, float], np.ndarray]] = {
+    "Identity": lambda image, m: image,
+    "ShearX": lambda image, m: _shear_x(image, m, _BLACK, _NEAREST),
+    "ShearY": lambda image, m: _shear_y(image, m, _BLACK, _NEAREST),
+    # torchvision moves the content by +int(m) whole pixels; `_translate` samples the input at +dx.
+    "TranslateX": lambda image, m: _translate(image, -float(int(m)), 0.0, _BLACK),
+    "TranslateY": lambda image, m: _translate(image, 0.0, -float(int(m)), _BLACK),
+    "Rotate": lambda image, m: _rotate(image, m, _BLACK, _NEAREST),
+    "Brightness": lambda image, m: _brightness(image, 1.0 + m),
+    "Color": lambda image, m: _color(image, 1.0 + m),
+    "Contrast": lambda image, m: _contrast(image, 1.0 + m),
+    "Sharpness": lambda image, m: _sharpness(image, 1.0 + m),
+    "Posterize": lambda image, m: _posterize(image, int(m)),
+    "Solarize": lambda image, m: _solarize(image, m),
+    "AutoContrast": lambda image, m: _auto_contrast(image),
+    "Equalize": lambda image, m: _equalize(image),
+}
+
+
+def replay_rand_augment(image: np.ndarray, ops: Sequence[tuple[int, float]]) -> np.ndarray:
+    """uint8 [H, W, 3] -> uint8 [H, W, 3]: torchvision's RandAugment ops with stored magnitudes, in order.
+
+    What DataCompDR's teacher saw: each op is (index into `TORCHVISION_RAND_AUGMENT_OPS`, the signed magnitude
+    torchvision drew). The colour ops are PIL's arithmetic exactly; the geometric ops sample the nearest pixel
+    with PIL's affine conventions, as torchvision's RandAugment does on PIL images.
+
+    Args:
+      image: uint8 [H, W, 3] RGB pixels; not modified.
+      ops: (op index, magnitude) pairs; empty returns a copy.
+
+    Returns:
+      A new uint8 [H, W, 3] array.
+    """
+    _check_image(image)
+    out = image
+    for index, magnitude in ops:
+        out = _TORCHVISION_OPS[TORCHVISION_RAND_AUGMENT_OPS[index]](out, float(magnitude))
+    return out.copy() if out is image else out

@@ -80,6 +80,18 @@ def decode_image(data: bytes, target: int | None = None) -> np.ndarray:
         raise BadImage(str(e) or type(e).__name__) from None
 
 
+def encoded_size(data: bytes) -> tuple[int, int]:
+    """(width, height) of an encoded image at full scale, from its header alone.
+
+    Raises:
+      BadImage: the bytes do not start like an image.
+    """
+    try:
+        return Image.open(io.BytesIO(data)).size
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        raise BadImage(str(e) or type(e).__name__) from None
+
+
 def decode_map(data: bytes, dtype: type, what: str) -> np.ndarray:
     """A single-channel annotation image (a PNG of class ids, 16-bit depths, ...) decoded as stored.
 

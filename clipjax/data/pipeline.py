@@ -71,6 +71,7 @@ def pretrain_transform(config: ConfigDict) -> Callable[[Any, np.random.Generator
         context_length=config.model.text.context_length,
         crop_scale=tuple(data.crop_scale),
         flip=data.flip,
+        teacher_width=sum(config.loss.teacher_dims) if config.loss.distill_weight > 0 else None,
     )
 
 
@@ -194,7 +195,8 @@ def pretrain_dataset(
     config: ConfigDict, source: Any, *, process_index: int, process_count: int, start_sample: int = 0
 ) -> grain.IterDataset:
     """This host's image-text batches from `pretrain_source(config)` (see `host_batches`):
-    {"image": uint8 [b, S, S, 3], "text": int32 [b, L] (, "text_synthetic": int32 [b, L]), "__skipped__"}."""
+    {"image": uint8 [b, S, S, 3], "text": int32 [b, L] (, "text_synthetic": int32 [b, L]), "__skipped__"}, and
+    with distillation "teacher_image", "teacher_text" (, "teacher_text_synthetic"): float32 [b, D]."""
     return configured_batches(
         config,
         source,

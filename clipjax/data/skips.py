@@ -7,7 +7,7 @@ each batch carries the counts under the same key, and the train loop logs them a
 SKIPPED = "__skipped__"
 # Every reason a record can be dropped for, fixed so that hosts can sum their counts position by position.
 # What each means: clipjax/data/datacomp.py, clipjax/data/depth.py (corrupt_depth) and
-# clipjax/data/segmentation.py (corrupt_label).
+# clipjax/data/segmentation.py (corrupt_label). New reasons go at the end.
 SKIP_REASONS = (
     "missing_image",
     "empty_member",
@@ -17,6 +17,8 @@ SKIP_REASONS = (
     "missing_synthetic",
     "corrupt_depth",
     "corrupt_label",
+    "missing_reinforcement",
+    "bad_reinforcement",
 )
 
 
