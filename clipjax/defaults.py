@@ -113,7 +113,21 @@ def base_config() -> ConfigDict:
     # Contrastive loss over the global batch. kind: "clip" (softmax both ways) or "siglip" (pairwise
     # sigmoid; needs model.logit_bias_init). impl: "fused" (tiled, O(B) memory, sharded over the mesh)
     # or "naive" (materialises the B x B logits). block_size: the fused loss's tile side.
-    c.loss = ConfigDict({"kind": "clip", "impl": "fused", "block_size": 1024})
+    # distill_weight: MobileCLIP's distillation from the teacher embeddings stored in DataCompDR shards (needs
+    # data.kind="webdataset" with data.synthetic_path; each sample's stored augmentation is replayed so the
+    # teacher saw the same crop); the loss becomes (1 - w) CLIP + w KD. MobileCLIP: 0.75 for ViT-B, 1.0 for its
+    # small models; 0: off. teacher_dims: the ensemble members' widths in the stored vectors (DataCompDR: two
+    # ViT-L/14s); teacher_scale: the logit scale of the teacher's similarities.
+    c.loss = ConfigDict(
+        {
+            "kind": "clip",
+            "impl": "fused",
+            "block_size": 1024,
+            "distill_weight": 0.0,
+            "teacher_dims": (768, 768),
+            "teacher_scale": 100.0,
+        }
+    )
 
     c.optim = ConfigDict(
         {

@@ -184,6 +184,33 @@ def _validate_data(config: ConfigDict) -> None:
             f"config.data.captions={data.captions!r} needs synthetic captions: pass the DataCompDR shards, e.g. "
             "--config.data.synthetic_path=/data/datacompdr/{00000..00099}.tar, or use --config.data.captions=real"
         )
+    if config.task == "pretrain":
+        _validate_distillation(config)
+
+
+def _validate_distillation(config: ConfigDict) -> None:
+    loss, data = config.loss, config.data
+    if not 0.0 <= loss.distill_weight <= 1.0:
+        raise ConfigError(f"config.loss.distill_weight={loss.distill_weight} must lie in [0, 1] (0: no distillation)")
+    if loss.distill_weight == 0:
+        return
+    if loss.kind != "clip":
+        raise ConfigError(f"config.loss.distill_weight needs config.loss.kind='clip', not {loss.kind!r}")
+    if data.kind != "webdataset" or not data.synthetic_path:
+        raise ConfigError(
+            "config.loss.distill_weight > 0 reads the teacher embeddings stored in DataCompDR shards: set "
+            "config.data.kind='webdataset' and config.data.synthetic_path=/data/datacompdr/{00000..00099}.tar"
+        )
+    if data.flip:
+        raise ConfigError(
+            "config.data.flip must be False with distillation: the stored augmentation is replayed as the "
+            "teacher saw it"
+        )
+    dims = tuple(loss.teacher_dims)
+    if not dims or any(not isinstance(d, int) or d < 1 for d in dims):
+        raise ConfigError(f"config.loss.teacher_dims={dims} must be the positive widths of the teacher's members")
+    if not loss.teacher_scale > 0:
+        raise ConfigError(f"config.loss.teacher_scale={loss.teacher_scale} must be positive")
 
 
 def _validate_finetuning(config: ConfigDict) -> None:

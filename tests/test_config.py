@@ -113,6 +113,18 @@ def valid_demo(repo_root):
             {"data.kind": "webdataset", "data.path": "/d/{0..9}.tar", "data.captions": "both"},
             "config.data.captions='both' needs synthetic captions: pass the DataCompDR shards",
         ),
+        ({"loss.distill_weight": "1.5"}, "config.loss.distill_weight=1.5 must lie in [0, 1] (0: no distillation)"),
+        ({"loss.distill_weight": "0.75"}, "config.loss.distill_weight > 0 reads the teacher embeddings stored in"),
+        (
+            {"loss.distill_weight": "0.75", "data.kind": "webdataset", "data.path": "/d", "data.synthetic_path": "/s"}
+            | {"data.flip": "true"},
+            "config.data.flip must be False with distillation",
+        ),
+        (
+            {"loss.distill_weight": "0.75", "data.kind": "webdataset", "data.path": "/d", "data.synthetic_path": "/s"}
+            | {"loss.teacher_dims": "(768,0)"},
+            "config.loss.teacher_dims=(768, 0) must be the positive widths of the teacher's members",
+        ),
         ({"eval.zeroshot.kind": "imagenet"}, "config.eval.zeroshot.kind='imagenet' is not one of"),
         ({"eval.zeroshot.kind": "tfds"}, "config.eval.zeroshot.path is required with config.eval.zeroshot.kind='tfds'"),
         ({"eval.zeroshot.classnames": "wordnet"}, "config.eval.zeroshot.classnames='wordnet' is not one of"),
@@ -134,6 +146,11 @@ def test_valid_configs_pass(repo_root):
     paths = [("data.path", "/x"), ("data.synthetic_path", "/y"), ("eval.zeroshot.path", "/tfds")]
     config = load_config(os.path.join(repo_root, "configs", "pretrain", "vit_b16_datacompdr.py"), paths)
     validate(config, num_devices=8, process_count=1, tasks=TASKS)
+    assert config.loss.distill_weight == 0.0
+    for name, weight in [("vit_b16_datacompdr.py:distill=0.75", 0.75), ("mci_datacompdr.py:model=mci0,distill=1", 1.0)]:
+        distilled = load_config(os.path.join(repo_root, "configs", "pretrain", name), paths)
+        validate(distilled, num_devices=8, process_count=1, tasks=TASKS)
+        assert (distilled.loss.distill_weight, tuple(distilled.loss.teacher_dims)) == (weight, (768, 768))
 
 
 @pytest.mark.parametrize("steps", [20_000, 200_000])

@@ -1,4 +1,4 @@
-"""The pretraining step's loss for each caption policy."""
+"""The pretraining step's loss for each caption policy, with and without distillation."""
 
 import functools
 
@@ -6,26 +6,31 @@ import jax
 import numpy as np
 
 from clipjax.data.transforms import normalize_images
-from clipjax.losses import clip_loss, siglip_loss
+from clipjax.losses import clip_distillation_losses, clip_loss, siglip_loss
 from clipjax.models import CLIP, build_clip
 from clipjax.tasks.pretrain import make_init_state, make_train_step
 from clipjax.train.optim import make_optimizer
 from tests.helpers import tiny_config
 
 
-def test_both_captions_sum_the_real_and_synthetic_losses():
-    config = tiny_config({"data": 1, "fsdp": 1})
+def both_captions_step(config, rng, **extra):
+    """One step of `config` on a random batch with real and synthetic captions and any `extra` fields.
+
+    Returns:
+      (metrics, batch, the images' embeddings [16, 16] under the initial parameters, text tokens -> their
+      embeddings under the same, the initial logit scale).
+    """
     config.data.captions = "both"
     model = build_clip(config.model)
     tx = make_optimizer(config.optim, config.total_steps)
     state = jax.jit(make_init_state(model, tx, config))(jax.random.PRNGKey(0))
-    rng = np.random.default_rng(0)
     texts = rng.integers(1, 1000, (2, 16, 8)).astype(np.int32)
     texts[:, :, -1] = 49407
     batch = {
         "image": rng.integers(0, 256, (16, 16, 16, 3), dtype=np.uint8),
         "text": texts[0],
         "text_synthetic": texts[1],
+        **extra,
     }
     _, metrics = jax.jit(make_train_step(model, tx, config))(state, batch)
 
@@ -33,10 +38,14 @@ def test_both_captions_sum_the_real_and_synthetic_losses():
     images = normalize_images(batch["image"], config.data.normalize)
     image_emb = jax.jit(functools.partial(model.apply, method=CLIP.encode_image))(variables, images)
     encode_text = jax.jit(functools.partial(model.apply, method=CLIP.encode_text))
-    scale = np.exp(state.params["logit_scale"])
-    expected = sum(
-        clip_loss(image_emb, encode_text(variables, batch[key]), scale) for key in ("text", "text_synthetic")
+    return metrics, batch, image_emb, lambda tokens: encode_text(variables, tokens), np.exp(state.params["logit_scale"])
+
+
+def test_both_captions_sum_the_real_and_synthetic_losses():
+    metrics, batch, image_emb, encode_text, scale = both_captions_step(
+        tiny_config({"data": 1, "fsdp": 1}), np.random.default_rng(0)
     )
+    expected = sum(clip_loss(image_emb, encode_text(batch[key]), scale) for key in ("text", "text_synthetic"))
     np.testing.assert_allclose(metrics["train/loss"], expected, rtol=1e-5)
     np.testing.assert_allclose(metrics["train/temperature"], 0.07, rtol=1e-5)
 
@@ -61,3 +70,29 @@ def test_siglip_step_uses_the_bias_parameter():
     np.testing.assert_allclose(metrics["train/loss"], expected, rtol=1e-5)
     np.testing.assert_allclose(metrics["train/logit_bias"], -10.0)
     assert float(new_state.params["logit_bias"]) != -10.0  # the bias learns
+
+
+def test_distillation_weighs_clip_and_kd_per_caption_batch_with_that_batchs_teacher_texts():
+    config = tiny_config({"data": 1, "fsdp": 1})
+    config.loss.update(distill_weight=0.75, teacher_dims=(4, 6))
+    rng = np.random.default_rng(2)
+    teacher = rng.normal(size=(3, 16, 10)).astype(np.float32)
+    metrics, batch, image_emb, encode_text, scale = both_captions_step(
+        config, rng, teacher_image=teacher[0], teacher_text=teacher[1], teacher_text_synthetic=teacher[2]
+    )
+    # Each caption batch is scored against its own teacher texts (random, so a mix-up would show).
+    clip, kd = 0.0, 0.0
+    for key in ("text", "text_synthetic"):
+        parts = clip_distillation_losses(
+            image_emb,
+            encode_text(batch[key]),
+            scale,
+            teacher[0],
+            batch[f"teacher_{key}"],
+            teacher_dims=(4, 6),
+            impl="naive",
+        )
+        clip, kd = clip + parts[0], kd + parts[1]
+    np.testing.assert_allclose(metrics["train/clip_loss"], clip, rtol=1e-5)
+    np.testing.assert_allclose(metrics["train/distill_loss"], kd, rtol=1e-5)
+    np.testing.assert_allclose(metrics["train/loss"], 0.25 * clip + 0.75 * kd, rtol=1e-5)

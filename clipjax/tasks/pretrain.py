@@ -14,7 +14,7 @@ from ml_collections import ConfigDict
 from clipjax.data.pipeline import pretrain_dataset, pretrain_source
 from clipjax.data.transforms import normalize_images
 from clipjax.evals.setup import make_evaluator
-from clipjax.losses import clip_loss, siglip_loss
+from clipjax.losses import clip_distillation_losses, clip_loss, siglip_loss
 from clipjax.models import CLIP, build_clip, clamp_logit_scale
 from clipjax.models.fp8 import FP8_STATS, value_and_grad_advancing_fp8_stats
 from clipjax.train.loop import Metrics, Task, train
@@ -39,16 +39,35 @@ def make_train_step(model: CLIP, tx: optax.GradientTransformation, config: Confi
     """(state, batch) -> (state, metrics): one AdamW step on the contrastive loss of the global batch.
 
     batch: image uint8 [B, S, S, 3], text int32 [B, L], and with captions="both" text_synthetic int32
-    [B, L], whose loss against the same images is added (MobileCLIP's recipe). With a `mesh`, the fused
+    [B, L], whose loss against the same images is added (MobileCLIP's recipe). With config.loss.distill_weight
+    w > 0 also teacher_image, teacher_text (, teacher_text_synthetic) float32 [B, D]: each pair's loss is
+    (1 - w) CLIP + w KD, logged beside as train/clip_loss and train/distill_loss. With a `mesh`, the fused
     loss runs sharded over its batch axes.
     """
     schedule = lr_schedule(config.optim, config.total_steps)
     options = {"impl": config.loss.impl, "mesh": mesh, "block_size": config.loss.block_size}
+    distill_weight = config.loss.distill_weight
 
     def contrastive(params: Any, image_emb: jax.Array, text_emb: jax.Array, scale: jax.Array) -> jax.Array:
         if config.loss.kind == "siglip":
             return siglip_loss(image_emb, text_emb, scale, params["logit_bias"], **options)
         return clip_loss(image_emb, text_emb, scale, **options)
+
+    def pair_loss(params, batch, image_emb, text_emb, scale, teacher_key) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """The loss of one caption batch against the images, and its parts when distilling."""
+        if distill_weight == 0:
+            return contrastive(params, image_emb, text_emb, scale), {}
+        clip, kd = clip_distillation_losses(
+            image_emb,
+            text_emb,
+            scale,
+            batch["teacher_image"],
+            batch[teacher_key],
+            teacher_dims=tuple(config.loss.teacher_dims),
+            teacher_scale=config.loss.teacher_scale,
+            **options,
+        )
+        return (1.0 - distill_weight) * clip + distill_weight * kd, {"clip": clip, "distill": kd}
 
     def loss_fn(params: Any, model_state: Any, batch: dict[str, jax.Array]) -> tuple[jax.Array, tuple]:
         variables = {"params": params, **model_state}
@@ -61,14 +80,19 @@ def make_train_step(model: CLIP, tx: optax.GradientTransformation, config: Confi
             model_state = {**model_state, **updates}
         else:
             image_emb, text_emb, scale = model.apply(variables, images, batch["text"])
-        loss = contrastive(params, image_emb, text_emb, scale)
+        loss, parts = pair_loss(params, batch, image_emb, text_emb, scale, "teacher_text")
         if "text_synthetic" in batch:
             synthetic_emb = model.apply(variables, batch["text_synthetic"], method=CLIP.encode_text)
-            loss = loss + contrastive(params, image_emb, synthetic_emb, scale)
-        return loss, (scale, model_state)
+            synthetic, synthetic_parts = pair_loss(
+                params, batch, image_emb, synthetic_emb, scale, "teacher_text_synthetic"
+            )
+            # Summed over the two caption batches, each part too (as MobileCLIP's DRClipLoss).
+            loss = loss + synthetic
+            parts = {name: value + synthetic_parts[name] for name, value in parts.items()}
+        return loss, (scale, model_state, parts)
 
     def train_step(state: TrainState, batch: dict[str, jax.Array]) -> tuple[TrainState, Metrics]:
-        (loss, (scale, model_state)), grads, fp8_stats = value_and_grad_advancing_fp8_stats(loss_fn)(
+        (loss, (scale, model_state, parts)), grads, fp8_stats = value_and_grad_advancing_fp8_stats(loss_fn)(
             state.params, state.model_state, batch
         )
         if fp8_stats is not None:  # delayed scaling: the amax histories advanced by this step's maxima
@@ -77,6 +101,7 @@ def make_train_step(model: CLIP, tx: optax.GradientTransformation, config: Confi
         new_state, guard_metrics = state.apply_gradients(grads, loss, tx, constrain, model_state=model_state)
         metrics = {
             "train/loss": loss,
+            **{f"train/{name}_loss": value for name, value in parts.items()},
             "train/lr": schedule(state.step),
             "train/temperature": 1.0 / scale,
             "train/logit_scale": scale,

@@ -11,7 +11,7 @@ MobileCLIP-S1/S2's text tower (the base transformer without the causal mask).
       --config.eval.zeroshot.path=/data/tensorflow_datasets --workdir=gs://BUCKET/runs/mci2_dr
 
 Arguments: model=mci0|mci1|mci2 (default mci2), steps=20000 (200000: MobileCLIP's full run), captions,
-cluster as in vit_b16_datacompdr.py.
+cluster and distill as in vit_b16_datacompdr.py (MobileCLIP-S0/S1/S2 train on distillation alone: distill=1).
 """
 
 import os
@@ -23,10 +23,10 @@ from clipjax.models.mci import MCI_PRESETS
 
 
 def get_config(arg: str | None = None) -> ConfigDict:
-    arg = parse_arg(arg, model="mci2", steps=20_000, captions="both", cluster="any")
+    arg = parse_arg(arg, model="mci2", steps=20_000, captions="both", cluster="any", distill=0.0)
     choice("argument model", arg.model, MCI_PRESETS)
     vit = os.path.join(os.path.dirname(os.path.abspath(__file__)), "vit_b16_datacompdr.py")
-    c = load_config(f"{vit}:steps={arg.steps},captions={arg.captions},cluster={arg.cluster}")
+    c = load_config(f"{vit}:steps={arg.steps},captions={arg.captions},cluster={arg.cluster},distill={arg.distill}")
     c.model.update(name=arg.model, image_size=256, embed_dim=512, batch_norm="train")
     c.model.text.causal = False
     c.data.normalize = "none"

@@ -14,7 +14,9 @@ the long run uses 200k (`:steps=200000`).
 `:cluster=v4-64`, `v5p-128` or `h100x16` (2 nodes x 8 H100) picks a mesh for that machine (see CLUSTERS and
 README "Scaling out"). The images come from the DataComp shards; each DataCompDR shard of the same file name holds their
 synthetic captions, joined by uid. Arguments (`file.py:key=value,...`): steps=20000; captions=both (real +
-synthetic, summed), synthetic, mixed, or real. `vit_b16_datacomp.py` is the web-caption baseline.
+synthetic, summed), synthetic, mixed, or real; distill=W adds MobileCLIP's distillation from the teacher
+embeddings the DataCompDR shards store, the loss becoming (1 - W) CLIP + W KD (MobileCLIP-B: distill=0.75);
+off by default, so that the run isolates caption quality. `vit_b16_datacomp.py` is the web-caption baseline.
 Evaluation: zero-shot ImageNet from TFDS (`--config.eval.zeroshot.kind=folder` for an ImageFolder,
 `none` to skip it) and, when a path is given, retrieval.
 """
@@ -37,7 +39,7 @@ CLUSTERS = {
 
 
 def get_config(arg: str | None = None) -> ConfigDict:
-    arg = parse_arg(arg, steps=20_000, captions="both", cluster="any")
+    arg = parse_arg(arg, steps=20_000, captions="both", cluster="any", distill=0.0)
     choice("argument cluster", arg.cluster, CLUSTERS)
     cluster = CLUSTERS[arg.cluster]
     c = ConfigDict()
@@ -56,6 +58,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
     c.optim = ConfigDict(
         {"lr": 1e-3, "warmup_steps": 1000, "weight_decay": 0.2, "b1": 0.9, "b2": 0.95, "grad_clip_norm": 1.0}
     )
+    c.loss = ConfigDict({"distill_weight": arg.distill})
     c.data = ConfigDict({"kind": "webdataset", "captions": arg.captions, "num_workers": 16, "crop_scale": (0.9, 1.0)})
     c.eval = ConfigDict(
         {
