@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from clipjax.config import load_config
 from clipjax.models import build_clip
 from clipjax.models.flops import clip_train_flops_per_image
 from tests.helpers import tiny_config
@@ -31,32 +32,30 @@ def load_benchmark(repo_root, monkeypatch):
     return load
 
 
-def test_train_step_benchmark_runs_and_reports(load_benchmark):
-    config = tiny_config({"data": -1, "fsdp": 2})
-    results = load_benchmark("train_step").measure(config, steps=2, warmup=1)
+def test_train_step_benchmark_reports_and_times_open_clip_on_the_same_model(
+    load_benchmark, repo_root, tmp_path, monkeypatch, capsys
+):
+    pytest.importorskip("open_clip")
+    out = tmp_path / "step.json"
+    argv = ["train_step.py", "--config", "tests/configs/tiny_pretrain.py", "--batch", "8", "--steps", "1"]
+    argv += ["--warmup", "1", "--peak-tflops", "1", "--set", "mesh.fsdp=2", "--compare-open-clip", "--json", str(out)]
+    monkeypatch.setattr(sys, "argv", argv)
+    load_benchmark("train_step").main()
+    results = json.loads(out.read_text())
+    assert json.loads(capsys.readouterr().out) == results
     assert results["pairs_per_s"] > 0 and results["step_ms"] > 0 and results["compile_s"] > 0
     assert results["pairs_per_s"] == pytest.approx(results["images_per_s"])  # one caption per image
     assert results["xla_flops_per_step"] > 0
     assert results["cudnn_attention_calls"] == 0  # the CPU runs XLA's attention
     assert np.isfinite(results["loss"])
     # MFU's numerator: 3x the forward formula per image, over the global batch.
-    assert results["model_flops_per_step"] == pytest.approx(16 * clip_train_flops_per_image(config.model))
-
-
-def test_train_step_benchmark_times_open_clip_on_the_same_model(load_benchmark, tmp_path, monkeypatch, capsys):
-    pytest.importorskip("open_clip")
-    out = tmp_path / "step.json"
-    argv = ["train_step.py", "--config", "tests/configs/tiny_pretrain.py", "--batch", "8", "--steps", "1"]
-    argv += ["--warmup", "1", "--peak-tflops", "1", "--compare-open-clip", "--json", str(out)]
-    monkeypatch.setattr(sys, "argv", argv)
-    load_benchmark("train_step").main()
-    results = json.loads(out.read_text())
+    config = load_config(os.path.join(repo_root, "tests", "configs", "tiny_pretrain.py"))
+    assert results["model_flops_per_step"] == pytest.approx(8 * clip_train_flops_per_image(config.model))
+    assert results["mfu"] == pytest.approx(results["model_tflops_per_s_per_device"])  # peak of 1 TFLOP/s
+    assert results["attention"] == "auto" and results["batch_size"] == 8
     theirs = results["open_clip"]
     assert theirs["pairs_per_s"] > 0 and np.isfinite(theirs["loss"]) and theirs["compiled"] is False
     assert results["speedup_over_open_clip"] == pytest.approx(results["images_per_s"] / theirs["pairs_per_s"])
-    assert results["mfu"] == pytest.approx(results["model_tflops_per_s_per_device"])  # peak of 1 TFLOP/s
-    assert results["attention"] == "auto" and results["batch_size"] == 8
-    assert json.loads(capsys.readouterr().out) == results
 
 
 def test_open_clip_twin_has_clipjax_parameter_count(load_benchmark):

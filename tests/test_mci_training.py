@@ -1,5 +1,5 @@
-"""Pretraining with an MCi image tower: BatchNorm with the global batch's statistics, the same on 1 device and
-on a 4 x 2 mesh; frozen statistics when asked; and the paper-style MCi configs."""
+"""Pretraining with an MCi image tower: BatchNorm with the global batch's statistics on a 4 x 2 mesh (a numpy
+oracle); frozen statistics when asked; and the paper-style MCi configs."""
 
 import os
 
@@ -48,42 +48,30 @@ def one_step(mesh_axes, devices, batch_norm):
 
 @pytest.fixture(scope="module")
 def trained():
-    return {
-        "one": one_step({"data": 1, "fsdp": 1}, jax.devices()[:1], "train"),
-        "eight": one_step({"data": 4, "fsdp": 2}, jax.devices(), "train"),
-    }
+    return one_step({"data": 4, "fsdp": 2}, jax.devices(), "train")
 
 
-def test_batch_statistics_are_those_of_the_global_batch_on_any_mesh(trained):
-    before, after1, metrics1 = trained["one"]
-    _, after8, metrics8 = trained["eight"]
-    stats_before, stats_after = before.model_state["batch_stats"], after1.model_state["batch_stats"]
-    # Running averages moved (momentum 0.1 towards the batch's statistics) ...
-    moved = jax.tree.map(lambda a, b: float(np.max(np.abs(a - b))), stats_after, stats_before)
-    assert max(jax.tree.leaves(moved)) > 1e-3
-    # ... and per-device batch statistics would differ between 1 and 8 devices; the global ones do not.
-    np.testing.assert_allclose(metrics8["train/loss"], metrics1["train/loss"], rtol=2e-5)
-    jax.tree.map(
-        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
-        after1.model_state["batch_stats"],
-        after8.model_state["batch_stats"],
-    )
-    # Adam's first step divides by |gradient|: near-zero gradients amplify float32 rounding a little.
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), after1.params, after8.params)
-
-
-def test_first_running_mean_is_a_momentum_step_towards_the_batch_mean(trained):
-    before, after, _ = trained["one"]
+def test_batch_statistics_are_those_of_the_global_batch_on_a_mesh(trained):
+    before, after, metrics = trained
+    assert np.isfinite(metrics["train/loss"])
+    stats = lambda state: state.model_state["batch_stats"]["image"]  # noqa: E731
+    # Every running average moved (momentum 0.1 towards the batch's statistics) ...
+    moved = jax.tree.map(lambda a, b: float(np.max(np.abs(a - b))), stats(after), stats(before))
+    assert min(jax.tree.leaves(moved)) > 1e-6 and max(jax.tree.leaves(moved)) > 1e-3
+    # ... towards those of all 16 images, where each of the 8 devices holds 2: stem_0's scale branch is a
+    # 1x1 conv (no bias) then BatchNorm, of the images themselves.
     rng = np.random.default_rng(0)
     rng.integers(1, 1000, (16, 8))  # the tokens drawn first in one_step
     images = rng.integers(0, 256, (16, 32, 32, 3), dtype=np.uint8).astype(np.float32) / 255.0
-    # stem_0's scale branch: a 1x1 conv (no bias) then BatchNorm, of the images themselves.
     kernel = before.params["image"]["stem_0"]["conv_scale"]["conv"]["kernel"][0, 0]  # [3, 8]
     pre = images[:, ::2, ::2, :] @ kernel  # stride 2, no padding needed for 1x1
-    batch_mean = pre.reshape(-1, pre.shape[-1]).mean(0)
-    stats = lambda state: state.model_state["batch_stats"]["image"]["stem_0"]["conv_scale"]["bn"]  # noqa: E731
-    want = 0.9 * stats(before)["mean"] + 0.1 * batch_mean
-    np.testing.assert_allclose(stats(after)["mean"], want, rtol=1e-4, atol=1e-6)
+    for name, batch_value in [("mean", pre.mean((0, 1, 2))), ("var", pre.var((0, 1, 2)))]:
+        old, new = (stats(state)["stem_0"]["conv_scale"]["bn"][name] for state in (before, after))
+        want = 0.9 * old + 0.1 * batch_value
+        np.testing.assert_allclose(new, want, rtol=1e-4, atol=1e-6)
+        # Statistics of one device's 2 images would be far off.
+        local = 0.9 * old + 0.1 * getattr(pre[:2], name)((0, 1, 2))
+        assert np.max(np.abs(local - want)) > 100 * np.max(np.abs(new - want))
 
 
 def test_frozen_batch_norm_keeps_the_statistics():
