@@ -53,8 +53,16 @@ def make_train_step(model: CLIP, tx: optax.GradientTransformation, config: Confi
             return siglip_loss(image_emb, text_emb, scale, params["logit_bias"], **options)
         return clip_loss(image_emb, text_emb, scale, **options)
 
-    def pair_loss(params, batch, image_emb, text_emb, scale, teacher_key) -> tuple[jax.Array, dict[str, jax.Array]]:
-        """The loss of one caption batch against the images, and its parts when distilling."""
+    def pair_loss(
+        params: Any,
+        batch: dict[str, jax.Array],
+        image_emb: jax.Array,
+        text_emb: jax.Array,
+        scale: jax.Array,
+        teacher_key: str,
+    ) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """The loss [] of one caption batch against the images, and its parts when distilling ({} otherwise);
+        `teacher_key` names the batch's teacher embeddings of these captions."""
         if distill_weight == 0:
             return contrastive(params, image_emb, text_emb, scale), {}
         clip, kd = clip_distillation_losses(
