@@ -36,14 +36,20 @@ from clipjax.train.optim import make_optimizer
 
 
 def random_batch(config, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """This host's share of a batch of random images and token ids (ending with the end token)."""
+    """This host's share of a batch of random images and token ids (ending with the end token), and with
+    distillation random teacher embeddings float32 [rows, sum(config.loss.teacher_dims)]."""
     rows = config.batch_size // jax.process_count()
     size, length = config.model.image_size, config.model.text.context_length
     text = rng.integers(1, 49406, (rows, length), dtype=np.int32)
     text[:, 0], text[:, -1] = 49406, 49407
     batch = {"image": rng.integers(0, 256, (rows, size, size, 3), dtype=np.uint8), "text": text}
+    captions = ("text", "text_synthetic") if config.data.captions == "both" else ("text",)
     if config.data.captions == "both":
         batch["text_synthetic"] = text.copy()
+    if config.loss.distill_weight > 0:
+        width = sum(config.loss.teacher_dims)
+        for key in ("image", *captions):
+            batch[f"teacher_{key}"] = rng.normal(size=(rows, width)).astype(np.float32)
     return batch
 
 

@@ -58,6 +58,19 @@ def test_train_step_benchmark_reports_and_times_open_clip_on_the_same_model(
     assert results["speedup_over_open_clip"] == pytest.approx(results["images_per_s"] / theirs["pairs_per_s"])
 
 
+def test_random_batches_carry_teacher_embeddings_when_the_run_distils(load_benchmark):
+    config = tiny_config({"data": -1, "fsdp": 1})
+    config.data.captions = "both"
+    config.loss.update(distill_weight=0.75, teacher_dims=(4, 6))
+    batch = load_benchmark("train_step").random_batch(config, np.random.default_rng(0))
+    for key in ("teacher_image", "teacher_text", "teacher_text_synthetic"):
+        assert batch[key].shape == (16, 10) and batch[key].dtype == np.float32
+    config.loss.distill_weight = 0.0
+    assert not any(
+        key.startswith("teacher") for key in load_benchmark("train_step").random_batch(config, np.random.default_rng(0))
+    )
+
+
 def test_open_clip_twin_has_clipjax_parameter_count(load_benchmark):
     pytest.importorskip("open_clip")
     config = tiny_config({"data": -1, "fsdp": 1})
