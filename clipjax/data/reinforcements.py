@@ -15,7 +15,6 @@ D is the teacher ensemble's width (two ViT-L/14s, 2 x 768). Embeddings may be st
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import zipfile
 
@@ -23,6 +22,7 @@ import numpy as np
 
 from clipjax.data.augment import TORCHVISION_RAND_AUGMENT_OPS, replay_rand_augment
 from clipjax.data.images import resize_region
+from clipjax.data.npz import read_npz
 
 
 class BadReinforcement(ValueError):
@@ -81,9 +81,9 @@ def parse_embeddings(raw: bytes, width: int) -> tuple[np.ndarray, np.ndarray]:
       BadReinforcement: not an npz, an array missing, of another width, or not finite.
     """
     try:
-        with np.load(io.BytesIO(raw), allow_pickle=False) as arrays:
-            image_emb = np.asarray(arrays["image_emb"], np.float32)
-            text_emb = np.asarray(arrays["text_emb"], np.float32)
+        arrays = read_npz(raw)
+        image_emb = np.asarray(arrays["image_emb"], np.float32)
+        text_emb = np.asarray(arrays["text_emb"], np.float32)
     except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as e:
         raise BadReinforcement(f"npz does not hold image_emb and text_emb ({type(e).__name__})") from None
     for name, array in (("image_emb", image_emb), ("text_emb", text_emb)):

@@ -18,6 +18,8 @@ import zipfile
 
 import numpy as np
 
+from clipjax.data.npz import read_npz
+
 INDEX_VERSION = 1
 
 
@@ -128,12 +130,13 @@ def _cache_paths(path: str, cache_dir: str | None) -> list[str]:
 
 def _read_cache(cache: str, stamp: str) -> ShardIndex | None:
     try:
-        with np.load(cache, allow_pickle=False) as saved:
-            if str(saved["stamp"]) != stamp:
-                return None
-            extensions = [str(e) for e in saved["extensions"]]
-            members = {e: saved[f"member_{i}"] for i, e in enumerate(extensions)}
-            return ShardIndex(saved["keys"], members, saved["uids"], bool(saved["truncated"]))
+        with open(cache, "rb") as f:
+            saved = read_npz(f.read())  # the read runs in parallel, the parse under read_npz's lock
+        if str(saved["stamp"]) != stamp:
+            return None
+        extensions = [str(e) for e in saved["extensions"]]
+        members = {e: saved[f"member_{i}"] for i, e in enumerate(extensions)}
+        return ShardIndex(saved["keys"], members, saved["uids"], bool(saved["truncated"]))
     except (OSError, KeyError, ValueError, zipfile.BadZipFile):
         return None
 
