@@ -76,6 +76,7 @@ def test_matches_numpy(impl, batch, block, scale):
         teacher_images,
         teacher_texts,
         teacher_dims=DIMS,
+        teacher_scale=100.0,
         impl=impl,
         block_size=block,
     )
@@ -109,10 +110,11 @@ def test_sharded_over_8_devices_equals_one_device():
     images, texts = pairs(8 * 12, 16, seed=11)  # 12 rows per device; block 8 leaves a partial tile
     teacher_images, teacher_texts = teachers(images, texts, seed=4)
     args = (images, texts, np.float32(30.0), teacher_images, teacher_texts)
-    single, single_grads = weighted_value_and_grads(0.5, *args, teacher_dims=DIMS, block_size=8)
+    options = {"teacher_dims": DIMS, "teacher_scale": 100.0, "block_size": 8}
+    single, single_grads = weighted_value_and_grads(0.5, *args, **options)
     sharding = batch_sharding(mesh)
     split = [jax.device_put(a, sharding) if a.ndim == 2 else a for a in args]
-    sharded, grads = weighted_value_and_grads(0.5, *split, teacher_dims=DIMS, block_size=8, mesh=mesh)
+    sharded, grads = weighted_value_and_grads(0.5, *split, **options, mesh=mesh)
     assert grads[0].sharding.is_equivalent_to(sharding, 2)
     np.testing.assert_allclose(sharded, single, rtol=1e-5)
     for got, want in zip(grads, single_grads):
@@ -125,7 +127,7 @@ def test_no_batch_by_batch_buffer_and_no_teacher_gradient():
     teacher_images, teacher_texts = (jnp.asarray(x) for x in teachers(np.asarray(images), np.asarray(texts), 0))
 
     def total(x, y, s, tx, ty):
-        return sum(clip_distillation_losses(x, y, s, tx, ty, teacher_dims=DIMS, block_size=block))
+        return sum(clip_distillation_losses(x, y, s, tx, ty, teacher_dims=DIMS, teacher_scale=100.0, block_size=block))
 
     grad = jax.jit(jax.grad(total, argnums=(0, 1, 2, 3, 4)))
     compiled = grad.lower(images, texts, jnp.float32(10.0), teacher_images, teacher_texts).compile()
@@ -137,6 +139,8 @@ def test_no_batch_by_batch_buffer_and_no_teacher_gradient():
 def test_bad_inputs_are_refused():
     x = jnp.ones((4, 2))
     with pytest.raises(ValueError, match=r"teacher embeddings must both be \[B, sum\(teacher_dims\)\] = \[4, 10\]"):
-        clip_distillation_losses(x, x, 1.0, jnp.ones((4, 8)), jnp.ones((4, 10)), teacher_dims=DIMS)
+        clip_distillation_losses(x, x, 1.0, jnp.ones((4, 8)), jnp.ones((4, 10)), teacher_dims=DIMS, teacher_scale=1.0)
     with pytest.raises(ValueError, match="impl"):
-        clip_distillation_losses(x, x, 1.0, jnp.ones((4, 10)), jnp.ones((4, 10)), teacher_dims=DIMS, impl="x")
+        clip_distillation_losses(
+            x, x, 1.0, jnp.ones((4, 10)), jnp.ones((4, 10)), teacher_dims=DIMS, teacher_scale=1.0, impl="x"
+        )

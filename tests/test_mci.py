@@ -19,7 +19,9 @@ from clipjax.models.mci import MCI_PRESETS, MCi, build_mci, reparameterize  # no
 NAMES = ["mci0", "mci1", "mci2"]
 # Full numerical parity for mci0 and mci2 (both widths); mci1 is mci0's widths at other depths, checked for
 # key-by-key shape agreement (conversion) and parameter count, to keep the file fast on 2 CPU cores.
-PARITY = ["mci0"]  # MCi1/2 are MCi0 at other depths and widths: their shapes are checked with MobileCLIP-S1/S2 (test_convert.py)
+PARITY = [
+    "mci0"
+]  # MCi1/2 are MCi0 at other depths and widths: their shapes are checked with MobileCLIP-S1/S2 (test_convert.py)
 SIZE = (64, 96)  # non-square, so a swapped height and width cannot pass
 REPORTED_MILLIONS = {"mci0": 11.4, "mci1": 21.5, "mci2": 35.7}  # MobileCLIP paper, image encoder parameters
 

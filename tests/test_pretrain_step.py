@@ -90,6 +90,7 @@ def test_distillation_weighs_clip_and_kd_per_caption_batch_with_that_batchs_teac
             teacher[0],
             batch[f"teacher_{key}"],
             teacher_dims=(4, 6),
+            teacher_scale=config.loss.teacher_scale,
             impl="naive",
         )
         clip, kd = clip + parts[0], kd + parts[1]

@@ -9,7 +9,8 @@ and torch, so they are cheap enough for grain worker processes. All randomness c
 The colour ops reproduce PIL's ImageOps / ImageEnhance arithmetic exactly (the lookup tables, the 16-bit grey
 conversion, the float32 blend with truncation); the geometric ops use PIL's affine conventions (pixel centres
 at +0.5, rotation about the image centre) with OpenCV's bilinear warp, which blends the outermost sampled pixels
-with the fill colour where PIL switches to the fill abruptly (a one-pixel difference along the edges).
+with the fill colour where PIL switches to the fill abruptly (a one-pixel difference along the edges); the
+torchvision replay samples the nearest pixel, as torchvision's RandAugment does.
 """
 
 from __future__ import annotations

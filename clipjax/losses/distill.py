@@ -44,10 +44,6 @@ from clipjax.losses.tiles import (
     tiled_sum,
 )
 
-# MobileCLIP's teacher: OpenAI's and DataComp-XL's ViT-L/14, 768 dimensions each, scored at logit scale 100.
-DATACOMPDR_TEACHER_DIMS = (768, 768)
-DATACOMPDR_TEACHER_SCALE = 100.0
-
 
 def clip_distillation_losses(
     image_emb: jax.Array,
@@ -56,8 +52,8 @@ def clip_distillation_losses(
     teacher_image: jax.Array,
     teacher_text: jax.Array,
     *,
-    teacher_dims: tuple[int, ...] = DATACOMPDR_TEACHER_DIMS,
-    teacher_scale: float = DATACOMPDR_TEACHER_SCALE,
+    teacher_dims: tuple[int, ...],
+    teacher_scale: float,
     impl: str = "fused",
     mesh: Mesh | None = None,
     block_size: int = DEFAULT_BLOCK_SIZE,
@@ -69,8 +65,9 @@ def clip_distillation_losses(
       logit_scale: [] the student's multiplier of the cosine similarities.
       teacher_image, teacher_text: [B, D] the teacher's embeddings, D = sum(teacher_dims); each member's slice
         is normalised here (stored vectors need not be unit). No gradient flows into them.
-      teacher_dims: the ensemble members' widths, in the order their slices are stored.
-      teacher_scale: the teacher's logit scale.
+      teacher_dims: the ensemble members' widths, in the order their slices are stored (DataCompDR's
+        teacher, OpenAI's and DataComp-XL's ViT-L/14: (768, 768); config.loss.teacher_dims).
+      teacher_scale: the teacher's logit scale (MobileCLIP: 100; config.loss.teacher_scale).
       impl, mesh, block_size: as `clipjax.losses.clip_loss`.
 
     Returns:
