@@ -141,6 +141,9 @@ def base_config() -> ConfigDict:
             "step_boundaries": (0.889, 0.963),
             "step_factor": 0.1,
             "weight_decay": 0.2,  # decoupled (AdamW); not applied to biases, norms, 1-D params, the scale
+            # Parameter names (the last key of their path) never decayed either: MAE, BEiT and ViTDet finetune
+            # with ("pos_embed", "cls_token"); open_clip's pretraining decays the position embedding.
+            "no_decay": (),
             "b1": 0.9,
             "b2": 0.95,
             "eps": 1e-6,

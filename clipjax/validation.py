@@ -92,6 +92,10 @@ def validate(config: ConfigDict, *, num_devices: int, process_count: int, tasks:
         raise ConfigError(f"config.optim.poly_power={optim.poly_power} must be positive")
     if optim.lr <= 0 or optim.warmup_steps < 0 or not 0 <= optim.min_lr_ratio <= 1 or optim.weight_decay < 0:
         raise ConfigError("config.optim: need lr > 0, warmup_steps >= 0, 0 <= min_lr_ratio <= 1 and weight_decay >= 0")
+    if isinstance(optim.no_decay, str) or not all(isinstance(name, str) for name in optim.no_decay):
+        raise ConfigError(
+            f"config.optim.no_decay={optim.no_decay!r} must be a tuple of parameter names, e.g. ('pos_embed',)"
+        )
 
 
 def _validate_model(model: ConfigDict) -> None:

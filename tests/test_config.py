@@ -125,6 +125,7 @@ def valid_demo(repo_root):
             | {"loss.teacher_dims": "(768,0)"},
             "config.loss.teacher_dims=(768, 0) must be the positive widths of the teacher's members",
         ),
+        ({"optim.no_decay": "(1,)"}, "config.optim.no_decay=(1,) must be a tuple of parameter names"),
         ({"eval.zeroshot.kind": "imagenet"}, "config.eval.zeroshot.kind='imagenet' is not one of"),
         ({"eval.zeroshot.kind": "tfds"}, "config.eval.zeroshot.path is required with config.eval.zeroshot.kind='tfds'"),
         ({"eval.zeroshot.classnames": "wordnet"}, "config.eval.zeroshot.classnames='wordnet' is not one of"),

@@ -47,18 +47,47 @@ def test_schedule_matches_open_clip_cosine_lr():
 def test_decay_mask_excludes_biases_norms_tokens_and_scale():
     params = {
         "dense": {"kernel": jnp.ones((3, 4)), "bias": jnp.ones(4)},
+        "qkv": {"kernel": jnp.ones((4, 3, 2, 2)), "bias": jnp.ones((3, 2, 2))},  # a bias of rank 3
         "ln": {"scale": jnp.ones(4)},
+        "layer_scale": {"gamma": jnp.ones(4)},  # MobileCLIP's [C, 1, 1], decayed by open_clip's rule
         "cls": jnp.ones(4),
         "logit_scale": jnp.ones(()),
         "pos_embed": jnp.ones((5, 4)),
     }
     assert weight_decay_mask(params) == {
         "dense": {"kernel": True, "bias": False},
+        "qkv": {"kernel": True, "bias": False},
         "ln": {"scale": False},
+        "layer_scale": {"gamma": True},
         "cls": False,
         "logit_scale": False,
         "pos_embed": True,
     }
+    named = weight_decay_mask(params, no_decay=("pos_embed", "cls"))
+    assert named["pos_embed"] is False and named["dense"]["kernel"] is True
+
+
+def test_decay_mask_of_the_real_clip_matches_open_clips_rule():
+    """open_clip decays a parameter unless it has fewer than 2 dimensions or "bias", "bn", "ln" or
+    "logit_scale" in its name; applied to clipjax's own tree (a tiny ViT + text tower) by name."""
+    from clipjax.config import load_config
+    from clipjax.models import build_clip
+
+    config = load_config("tests/configs/tiny_pretrain.py")
+    model = build_clip(config.model)
+    size = config.model.image_size
+    shapes = jax.eval_shape(
+        model.init, jax.random.PRNGKey(0), jnp.zeros((1, size, size, 3)), jnp.zeros((1, 8), jnp.int32)
+    )["params"]
+    mask = {
+        jax.tree_util.keystr(path): m for path, m in jax.tree_util.tree_flatten_with_path(weight_decay_mask(shapes))[0]
+    }
+    flat = jax.tree_util.tree_flatten_with_path(shapes)[0]
+    assert any("qkv" in jax.tree_util.keystr(path) and "bias" in jax.tree_util.keystr(path) for path, _ in flat)
+    for path, leaf in flat:
+        name = jax.tree_util.keystr(path)
+        open_clip = not (leaf.ndim < 2 or any(word in name for word in ("bias", "logit_scale", "'ln", "norm")))
+        assert mask[name] == open_clip, name
 
 
 def test_first_adamw_step_with_clipping_and_decay():
@@ -127,8 +156,25 @@ def test_a_non_finite_step_leaves_params_moments_and_ema_unchanged():
     ):
         after, metrics = step(state, grads, loss)
         assert int(metrics["train/skipped_steps"]) == 1 and int(after.step) == int(state.step) + 1
-        for kept in ("params", "opt_state", "ema_params"):
+        for kept in ("params", "ema_params"):
             jax.tree.map(np.testing.assert_array_equal, getattr(after, kept), getattr(before, kept))
+        (adam, _, schedule), (adam_before, _, schedule_before) = after.opt_state[1], before.opt_state[1]
+        jax.tree.map(np.testing.assert_array_equal, adam, adam_before)  # moments and Adam's count
+        assert int(schedule.count) == int(schedule_before.count) + 1 == int(after.step)
+
+
+def test_the_learning_rate_after_a_skipped_step_is_the_scheduled_rate_of_the_step():
+    """A skipped step moves the schedule on, as train/lr logs it: the next update's size is lr(step)."""
+    params = {"w": jnp.zeros((1, 1))}
+    tx = make_optimizer(optim_config(warmup_steps=10, weight_decay=0.0), total_steps=100)
+    state = TrainState.create({"params": params}, tx, jax.random.PRNGKey(0))
+    step = jax.jit(lambda s, g: s.apply_gradients({"w": g}, jnp.float32(0.0), tx))
+    state, _ = step(state, jnp.full((1, 1), jnp.nan))
+    state, _ = step(state, jnp.full((1, 1), jnp.nan))
+    state, metrics = step(state, jnp.ones((1, 1)))
+    assert int(metrics["train/skipped_steps"]) == 2
+    # The first update Adam takes moves by lr * g / (|g| + eps): lr of step 2 (3e-4), not of step 0 (1e-4).
+    np.testing.assert_allclose(float(state.params["w"][0, 0]), -1e-3 * 3 / 10 / (1 + 1e-6), rtol=1e-5)
 
 
 def test_ema_off_keeps_ema_params_none():

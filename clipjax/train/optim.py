@@ -3,6 +3,7 @@ finetuning, layer-wise learning-rate decay (see clipjax.train.layer_decay)."""
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -46,11 +47,23 @@ def global_norm(tree: Any) -> jax.Array:
     return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree)))
 
 
-def weight_decay_mask(params: Any) -> Any:
-    """True where weight decay applies: matrices and embeddings. Biases, norm scales, 1-D tokens and the
-    logit scale (all with fewer than 2 dimensions) are excluded, as open_clip does; a scanned encoder's
-    stacked parameters are judged by one block's rank."""
-    return jax.tree_util.tree_map_with_path(lambda path, p: p.ndim - in_scanned_blocks(path) >= 2, params)
+def weight_decay_mask(params: Any, no_decay: tuple[str, ...] = ()) -> Any:
+    """True where weight decay applies: matrices, convolution kernels and embeddings, as open_clip decays.
+
+    Excluded: biases of any rank (the attention's fused qkv bias is [3, heads, head_dim]), parameters with
+    fewer than 2 dimensions (norm scales, 1-D tokens, the logit scale and bias) and those whose name (the last
+    key of their path) is in `no_decay` (finetuning recipes name "pos_embed" and "cls_token", as MAE, BEiT and
+    ViTDet do). MCi's layer-scale `gamma` is decayed although it is [C] here: MobileCLIP stores it as [C, 1, 1],
+    which open_clip's rule decays. A scanned encoder's stacked parameters are judged by one block's rank.
+    """
+
+    def decayed(path: tuple, p: Any) -> bool:
+        name = str(getattr(path[-1], "key", path[-1]))
+        if name in no_decay or name == "bias":
+            return False
+        return name == "gamma" or p.ndim - in_scanned_blocks(path) >= 2
+
+    return jax.tree_util.tree_map_with_path(decayed, params)
 
 
 def scale_by_tree(scales: Any) -> optax.GradientTransformation:
@@ -75,7 +88,7 @@ def make_optimizer(optim: ConfigDict, total_steps: int, params: Any = None) -> o
 
     Args:
       optim: config.optim (lr, warmup_steps, min_lr_ratio, weight_decay, b1, b2, eps, grad_clip_norm and
-        optionally layer_decay).
+        optionally layer_decay and no_decay).
       total_steps: the schedule's length.
       params: the parameter pytree the optimizer will update (arrays or ShapeDtypeStructs: only its paths
         are read), with the image tower under "image"; needed for layer decay, ignored without it. The
@@ -90,7 +103,7 @@ def make_optimizer(optim: ConfigDict, total_steps: int, params: Any = None) -> o
         b2=optim.b2,
         eps=optim.eps,
         weight_decay=optim.weight_decay,
-        mask=weight_decay_mask,
+        mask=functools.partial(weight_decay_mask, no_decay=tuple(optim.get("no_decay", ()))),
     )
     steps = [adamw]
     layer_decay = optim.get("layer_decay", 1.0)

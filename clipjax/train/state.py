@@ -93,12 +93,13 @@ class TrainState:
         """One optimizer update, or none if the loss or any gradient is not finite (or a gradient is too large to
         square in float32).
 
-        A skipped step still advances `step` (its batch is consumed) and is counted, so one bad batch
-        costs one update instead of the run. `constrain` projects the parameters after an update;
-        `model_state`, when given, replaces the non-trainable variables (e.g. BatchNorm running averages
-        from this step's batch), under the same condition as the update. If the state keeps an EMA, a
-        taken update also sets ema_params = ema_decay * ema_params + (1 - ema_decay) * new params (float32,
-        after `constrain`); a skipped step leaves it as it was. Without an EMA `ema_decay` is ignored.
+        A skipped step still advances `step` (its batch is consumed) and the learning-rate schedule, and is
+        counted, so one bad batch costs one update instead of the run. `constrain` projects the parameters
+        after an update; `model_state`, when given, replaces the non-trainable variables (e.g. BatchNorm
+        running averages from this step's batch), under the same condition as the update. If the state keeps
+        an EMA, a taken update also sets ema_params = ema_decay * ema_params + (1 - ema_decay) * new params
+        (float32, after `constrain`); a skipped step leaves it as it was. Without an EMA `ema_decay` is
+        ignored.
 
         Returns:
           (new state, {"train/skipped_steps", "train/bad_streak"} as int32 scalars).
@@ -124,8 +125,17 @@ class TrainState:
         # operands are copied in and out (in the ViT-B/16 step compiled for an H100: 910 copies, 6 GB of
         # memory traffic per step at batch 512; benchmarks/README.md).
         old = (self.params, self.opt_state, self.model_state, self.ema_params)
+
+        def select(new: Any, kept: Any) -> Any:
+            # The learning-rate schedule's count advances on a skipped step too, so the rate follows `step`
+            # (what train/lr logs, and how PyTorch's schedulers step past an AMP-skipped update); Adam's own
+            # count, like its moments, stays with the updates actually taken.
+            if isinstance(new, optax.ScaleByScheduleState):
+                return new
+            return jax.tree.map(lambda n, k: jnp.where(finite, n, k), new, kept)
+
         params, opt_state, kept_model_state, ema_params = jax.tree.map(
-            lambda new, kept: jnp.where(finite, new, kept), update(old), old
+            select, update(old), old, is_leaf=lambda node: isinstance(node, optax.ScaleByScheduleState)
         )
         skipped = self.skipped_steps + (~finite).astype(jnp.int32)
         streak = jnp.where(finite, 0, self.bad_streak + 1).astype(jnp.int32)

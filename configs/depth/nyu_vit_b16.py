@@ -39,6 +39,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
             "min_lr_ratio": 3e-5 / 5e-4,
             "warmup_steps": 500,
             "weight_decay": 0.05,
+            "no_decay": ("pos_embed", "cls_token"),  # as MAE, BEiT and ViTDet finetune
             "b2": 0.999,
             "eps": 1e-8,
             "grad_clip_norm": 0.0,

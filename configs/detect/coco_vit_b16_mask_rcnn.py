@@ -39,6 +39,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
             "step_boundaries": (0.889, 0.963),
             "step_factor": 0.1,
             "weight_decay": 0.1,
+            "no_decay": ("pos_embed", "cls_token"),  # as MAE, BEiT and ViTDet finetune
             "b2": 0.999,
             "eps": 1e-8,
             "grad_clip_norm": 0.0,

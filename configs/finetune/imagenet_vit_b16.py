@@ -43,6 +43,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
             "warmup_steps": 5 * steps_per_epoch,
             "min_lr_ratio": 1e-6 / lr,
             "weight_decay": 0.05,
+            "no_decay": ("pos_embed", "cls_token"),  # as MAE, BEiT and ViTDet finetune
             "b1": 0.9,
             "b2": 0.999,
             "eps": 1e-8,

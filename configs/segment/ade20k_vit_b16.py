@@ -38,6 +38,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
             "schedule": "poly",
             "poly_power": 1.0,
             "weight_decay": 0.01,
+            "no_decay": ("pos_embed", "cls_token"),  # as MAE, BEiT and ViTDet finetune
             "b2": 0.999,
             "eps": 1e-8,
             "grad_clip_norm": 0.0,
