@@ -50,20 +50,26 @@ def test_both_captions_sum_the_real_and_synthetic_losses():
     np.testing.assert_allclose(metrics["train/temperature"], 0.07, rtol=1e-5)
 
 
-def test_siglip_step_uses_the_bias_parameter():
-    config = tiny_config({"data": 1, "fsdp": 1})
-    config.loss.kind = "siglip"
-    config.model.update(logit_bias_init=-10.0, temperature_init=0.1)
+def one_caption_step(config, seed):
+    """One step of `config` from its initial state on a random batch of one caption per image: (model, initial
+    state, new state, metrics, batch)."""
     model = build_clip(config.model)
     tx = make_optimizer(config.optim, config.total_steps)
     state = jax.jit(make_init_state(model, tx, config))(jax.random.PRNGKey(0))
-    assert float(state.params["logit_bias"]) == -10.0
-    rng = np.random.default_rng(1)
+    rng = np.random.default_rng(seed)
     tokens = rng.integers(1, 1000, (16, 8)).astype(np.int32)
     tokens[:, -1] = 49407
     batch = {"image": rng.integers(0, 256, (16, 16, 16, 3), dtype=np.uint8), "text": tokens}
     new_state, metrics = jax.jit(make_train_step(model, tx, config))(state, batch)
+    return model, state, new_state, metrics, batch
 
+
+def test_siglip_step_uses_the_bias_parameter():
+    config = tiny_config({"data": 1, "fsdp": 1})
+    config.loss.kind = "siglip"
+    config.model.update(logit_bias_init=-10.0, temperature_init=0.1)
+    model, state, new_state, metrics, batch = one_caption_step(config, 1)
+    assert float(state.params["logit_bias"]) == -10.0
     images = normalize_images(batch["image"], config.data.normalize)
     image_emb, text_emb, scale = jax.jit(model.apply)({"params": state.params}, images, batch["text"])
     expected = siglip_loss(image_emb, text_emb, scale, state.params["logit_bias"], impl="naive")
@@ -97,3 +103,19 @@ def test_distillation_weighs_clip_and_kd_per_caption_batch_with_that_batchs_teac
     np.testing.assert_allclose(metrics["train/clip_loss"], clip, rtol=1e-5)
     np.testing.assert_allclose(metrics["train/distill_loss"], kd, rtol=1e-5)
     np.testing.assert_allclose(metrics["train/loss"], 0.25 * clip + 0.75 * kd, rtol=1e-5)
+
+
+def test_drop_path_acts_in_pretraining_steps_with_the_steps_own_key():
+    """Stochastic depth in the pretraining step: the loss is the model's with the dropout key of the step
+    (fold_in(state.rng, step)), not the deterministic one."""
+    config = tiny_config({"data": 1, "fsdp": 1})
+    config.model.drop_path = 0.5
+    model, state, _, metrics, batch = one_caption_step(config, 2)
+    images = normalize_images(batch["image"], config.data.normalize)
+
+    def loss(rngs):
+        return clip_loss(*model.apply({"params": state.params}, images, batch["text"], rngs=rngs), impl="naive")
+
+    dropped = loss({"dropout": jax.random.fold_in(state.rng, 0)})
+    np.testing.assert_allclose(metrics["train/loss"], dropped, rtol=1e-5)
+    assert abs(float(dropped) - float(loss({}))) > 1e-3  # a block was dropped for some samples

@@ -77,17 +77,18 @@ def make_train_step(model: CLIP, tx: optax.GradientTransformation, config: Confi
         )
         return (1.0 - distill_weight) * clip + distill_weight * kd, {"clip": clip, "distill": kd}
 
-    def loss_fn(params: Any, model_state: Any, batch: dict[str, jax.Array]) -> tuple[jax.Array, tuple]:
+    def loss_fn(params: Any, model_state: Any, batch: dict[str, jax.Array], rng: jax.Array) -> tuple[jax.Array, tuple]:
         variables = {"params": params, **model_state}
         images = normalize_images(batch["image"], config.data.normalize)
+        rngs = {"dropout": rng}  # stochastic depth (config.model.drop_path); unused at rate 0
         if "batch_stats" in model_state and config.model.batch_norm == "train":
             # Batch statistics of the global batch; the step keeps the updated running averages.
             (image_emb, text_emb, scale), updates = model.apply(
-                variables, images, batch["text"], mutable=["batch_stats"]
+                variables, images, batch["text"], mutable=["batch_stats"], rngs=rngs
             )
             model_state = {**model_state, **updates}
         else:
-            image_emb, text_emb, scale = model.apply(variables, images, batch["text"])
+            image_emb, text_emb, scale = model.apply(variables, images, batch["text"], rngs=rngs)
         loss, parts = pair_loss(params, batch, image_emb, text_emb, scale, "teacher_text")
         if "text_synthetic" in batch:
             synthetic_emb = model.apply(variables, batch["text_synthetic"], method=CLIP.encode_text)
@@ -100,8 +101,10 @@ def make_train_step(model: CLIP, tx: optax.GradientTransformation, config: Confi
         return loss, (scale, model_state, parts)
 
     def train_step(state: TrainState, batch: dict[str, jax.Array]) -> tuple[TrainState, Metrics]:
+        # Randomness of step s from fold_in(rng, s): a resumed run draws what an uninterrupted one would.
+        rng = jax.random.fold_in(state.rng, state.step)
         (loss, (scale, model_state, parts)), grads, fp8_stats = value_and_grad_advancing_fp8_stats(loss_fn)(
-            state.params, state.model_state, batch
+            state.params, state.model_state, batch, rng
         )
         if fp8_stats is not None:  # delayed scaling: the amax histories advanced by this step's maxima
             model_state = {**model_state, FP8_STATS: fp8_stats}
