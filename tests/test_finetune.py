@@ -40,6 +40,43 @@ def metrics_rows(workdir):
         return [json.loads(line) for line in f]
 
 
+def test_a_timm_layout_position_embedding_without_a_cls_row_is_resized_whole():
+    """MobileCLIP-B's (timm's) pos_embed is the g x g grid alone: a 3 x 3 grid resized to 4 x 4, none of its
+    rows taken for a CLS row."""
+    saved = {"params": {"image": {"pos_embed": np.full((9, 8), 0.5, np.float32)}}}
+    target = {"params": {"image": {"pos_embed": jnp.zeros((16, 8))}}}
+    variables, report = transplant(target, saved)
+    assert report.resized == ["params/image/pos_embed"]
+    np.testing.assert_allclose(variables["params"]["image"]["pos_embed"], 0.5, atol=1e-6)
+    with pytest.raises(ConfigError, match="cannot resize a position embedding of 9 rows to 15"):
+        transplant({"params": {"image": {"pos_embed": jnp.zeros((15, 8))}}}, saved)
+
+
+def test_best_weights_survive_a_crash_between_the_renames_of_their_replacement(tmp_path, monkeypatch):
+    """best/ was renamed to best.old and the crash came before best.new took its place: the run that resumes
+    knows the best value, and the next replacement keeps the old copy until the new one is whole."""
+    from clipjax.train import init as init_module
+    from clipjax.train.init import replace_saved
+    from clipjax.train.transfer import BestWeights
+
+    model = load_config("configs/finetune/demo.py").model
+    best = str(tmp_path / "best")
+    old = {"params": {"image": {"w": np.full((2, 2), 1.0, np.float32)}}}
+    replace_saved(best, old, model, "clip", source="old", value=0.5, metric="eval/top1")
+    os.replace(best, best + ".old")
+    os.makedirs(best + ".new")  # the half-written replacement
+    assert BestWeights(str(tmp_path), "eval/top1", model, "clip").best == 0.5
+
+    def crash(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(init_module, "save_converted", crash)
+    with pytest.raises(OSError):
+        replace_saved(best, {"params": {"image": {"w": np.zeros((2, 2), np.float32)}}}, model, "clip", source="new")
+    np.testing.assert_array_equal(read_saved_variables(best)["params"]["image"]["w"], 1.0)
+    assert read_metadata(best)["value"] == 0.5
+
+
 def test_transplant_reports_what_it_loaded_resized_initialised_and_left_unused():
     rng = np.random.default_rng(0)
     grid = np.full((4, 8), 0.5, np.float32)  # a constant 2 x 2 grid stays constant when resized

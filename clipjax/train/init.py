@@ -243,19 +243,22 @@ def _path(path: tuple) -> str:
 
 
 def _resize_position_embedding(table: np.ndarray, tokens: int) -> np.ndarray:
-    """float [1 + g * g, w] -> [tokens, w]: the CLS row kept, the g x g grid resized bicubically."""
-    old, new = int(round(math.sqrt(table.shape[0] - 1))), int(round(math.sqrt(tokens - 1)))
-    if old * old != table.shape[0] - 1 or new * new != tokens - 1:
+    """float [(1 +) g * g, w] -> [tokens, w]: the g x g grid resized bicubically, a CLS row (OpenAI's layout:
+    1 + g * g rows; timm's has none) kept."""
+    cls_rows = 0 if math.isqrt(table.shape[0]) ** 2 == table.shape[0] else 1
+    old, new = math.isqrt(table.shape[0] - cls_rows), math.isqrt(tokens - cls_rows)
+    if old * old != table.shape[0] - cls_rows or new * new != tokens - cls_rows:
         raise ConfigError(f"config.init: cannot resize a position embedding of {table.shape[0]} rows to {tokens}")
-    grid = table[1:].reshape(old, old, -1).astype(np.float32)
+    grid = table[cls_rows:].reshape(old, old, -1).astype(np.float32)
     resized = np.asarray(jax.image.resize(grid, (new, new, grid.shape[-1]), "bicubic")).reshape(new * new, -1)
-    return np.concatenate([table[:1].astype(np.float32), resized], axis=0)
+    return np.concatenate([table[:cls_rows].astype(np.float32), resized], axis=0)
 
 
 def replace_saved(directory: str, variables: Any, model: ConfigDict, normalize: str, source: str, **extra: Any) -> None:
     """Writes `variables` as a converted-style checkpoint at `directory`, replacing what was there only once
     the new one is complete (written beside it, then swapped in), so a crash leaves one whole copy.
 
+    A crash between the two renames leaves `directory`.old only: the next call moves it back first.
     `extra` entries (e.g. step, metric, value, num_classes) are stored in its metadata; the towers are
     recorded as ["image"] so that `config.init` can start a later finetuning from it.
     """
@@ -268,6 +271,8 @@ def replace_saved(directory: str, variables: Any, model: ConfigDict, normalize: 
             multihost_utils.sync_global_devices(f"clipjax replace_saved {name}")
 
     if primary:
+        if not os.path.exists(directory) and os.path.exists(stale):
+            os.replace(stale, directory)  # a crash between the two renames below: the old copy is the whole one
         for leftover in (fresh, stale):
             if os.path.exists(leftover):
                 shutil.rmtree(leftover)

@@ -104,6 +104,8 @@ class BestWeights:
         self.sign = -1.0 if lower_is_better(metric) else 1.0  # compare sign * value, larger is better
         self.best = -np.inf
         saved = os.path.join(self.directory, METADATA_FILE)
+        if not os.path.exists(self.directory):  # a crash between replace_saved's renames left only the old copy
+            saved = os.path.join(self.directory + ".old", METADATA_FILE)
         if os.path.isfile(saved):
             with open(saved, encoding="utf-8") as f:
                 value = json.load(f).get("value")
