@@ -185,3 +185,17 @@ def test_imagenet_class_names_need_a_thousand_classes(eval_data):
     config = tiny_eval_config(root, classnames="imagenet")
     with pytest.raises(ConfigError, match="has 3 classes, not the 1000 ImageNet classes"):
         make_evaluator(build_clip(config.model), make_mesh(config.mesh), config)
+
+
+def test_evaluation_refuses_the_workdir_of_a_training_run(tmp_path):
+    """Evaluating into a pretraining workdir (e.g. --workdir equal to config.init) would move its metrics rows
+    after step 0 aside and rename its config.json; it is refused in one line, an evaluation workdir is not."""
+    from clipjax.tasks.evaluate import refuse_a_training_workdir
+
+    refuse_a_training_workdir(str(tmp_path / "fresh"))  # nothing there yet
+    (tmp_path / "config.json").write_text(json.dumps({"task": "evaluate"}))
+    refuse_a_training_workdir(str(tmp_path))  # an earlier evaluation: its rows are step 0 rows
+    (tmp_path / "config.json").write_text(json.dumps({"task": "pretrain"}))
+    with pytest.raises(ConfigError, match=r"holds a 'pretrain' run; write the evaluation to another directory") as e:
+        refuse_a_training_workdir(str(tmp_path))
+    assert "\n" not in str(e.value)

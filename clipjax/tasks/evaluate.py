@@ -7,6 +7,8 @@ taken from the config. The metrics go to `<workdir>/metrics.jsonl` (and TensorBo
 
 from __future__ import annotations
 
+import json
+import os
 import time
 
 import jax
@@ -23,6 +25,21 @@ from clipjax.train.loop import Metrics, prepare_workdir, save_config
 from clipjax.train.metrics import MetricWriter
 
 
+def refuse_a_training_workdir(workdir: str) -> None:
+    """Raises a one-line ConfigError if `workdir` holds another task's run: its metrics rows after step 0 would
+    be moved aside and its config.json renamed (e.g. `--workdir` given the same directory as `config.init`)."""
+    saved = os.path.join(workdir, "config.json")
+    if not os.path.isfile(saved):
+        return
+    with open(saved, encoding="utf-8") as f:
+        task = json.load(f).get("task")
+    if task != "evaluate":
+        raise ConfigError(
+            f"workdir {workdir} holds a {task!r} run; write the evaluation to another directory, e.g. "
+            f"{os.path.join(workdir, 'eval')}"
+        )
+
+
 def run(config: ConfigDict, workdir: str, mesh: Mesh) -> Metrics:
     """Evaluates the weights in `config.init` as `config.eval` says; returns the metrics and timings."""
     start = time.perf_counter()
@@ -36,6 +53,7 @@ def run(config: ConfigDict, workdir: str, mesh: Mesh) -> Metrics:
     config.model = merge_onto_defaults(ConfigDict({"model": saved["model"]})).model
     config.model.dtype = dtype
     config.data.normalize = saved["normalize"]
+    refuse_a_training_workdir(workdir)
     prepare_workdir(workdir)
     if jax.process_index() == 0:
         save_config(config, workdir)
