@@ -75,3 +75,11 @@ def sum_over_hosts(values: np.ndarray) -> np.ndarray:
     if jax.process_count() == 1:
         return values
     return np.asarray(multihost_utils.process_allgather(values)).sum(axis=0)
+
+
+def same_on_every_host(values: np.ndarray) -> bool:
+    """True on every host if `values` (a small integer array of the same shape everywhere) is equal on all."""
+    if jax.process_count() == 1:
+        return True
+    gathered = np.asarray(multihost_utils.process_allgather(values))
+    return bool(np.all(gathered == gathered[:1]))

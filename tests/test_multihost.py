@@ -154,3 +154,30 @@ def test_multi_host_flags_are_all_or_nothing():
         initialize({"coordinator_address": "127.0.0.1:1234"})
     with pytest.raises(ConfigError, match="need HOST:PORT and 0 <= process_id < num_processes"):
         initialize({"coordinator_address": "127.0.0.1:1234", "num_processes": "2", "process_id": "2"})
+
+
+def test_hosts_that_read_different_shards_stop_before_training(monkeypatch, tmp_path):
+    """Two hosts whose sources number the samples differently would read overlapping data: pretrain_source
+    compares the sources' fingerprints over all hosts (two hosts here, gathered by a stand-in allgather)."""
+    import numpy as np
+
+    from clipjax import distributed
+    from clipjax.config import load_config
+    from clipjax.data.pipeline import pretrain_source
+    from clipjax.data.webdataset import WebDatasetSource, expand_shards
+    from clipjax.errors import UserError
+    from tests.shards import write_datasets
+
+    written = write_datasets(str(tmp_path))
+    config = load_config("configs/demo.py", [("data.kind", "webdataset"), ("data.path", written.image_pattern)])
+    other_host = {}
+    monkeypatch.setattr(distributed.jax, "process_count", lambda: 2)
+    monkeypatch.setattr(
+        distributed.multihost_utils, "process_allgather", lambda values: np.stack([values, other_host["values"]])
+    )
+    mine = WebDatasetSource(expand_shards(written.image_pattern), log=lambda _: None).fingerprint()
+    other_host["values"] = mine
+    assert len(pretrain_source(config)) == len(written.samples)  # the hosts agree
+    other_host["values"] = mine + np.uint32(1)
+    with pytest.raises(UserError, match="the hosts read different shards"):
+        pretrain_source(config)

@@ -4,6 +4,7 @@ and each kind of bad sample skipped and counted under each caption policy."""
 import collections
 import os
 import shutil
+import tarfile
 
 import numpy as np
 import pytest
@@ -76,6 +77,47 @@ def test_index_groups_members_by_key_and_leaves_out_the_truncated_sample(written
     assert any("00001.tar is truncated" in line and "3 complete samples" in line for line in source.logs)
 
 
+@pytest.mark.parametrize(
+    "damage, kept",
+    [
+        ("none", ["a", "b", "c"]),
+        ("cut inside the last header", ["a", "b"]),  # c's txt header is cut: c may have lost members
+        ("cut at a header boundary", ["a", "b"]),  # no end-of-archive zeros: c's next member may be gone
+        ("cut inside a member", ["a", "b"]),  # c's txt is cut
+        ("damaged header in the middle", ["a"]),  # b's txt header: everything from there on is unreadable
+    ],
+)
+def test_a_cut_or_damaged_tar_is_marked_truncated_and_its_last_sample_left_out(tmp_path, damage, kept):
+    """tarfile stops without an error at a bad header past the first one; the index must notice."""
+    from tests.shards import write_tar
+
+    path = str(tmp_path / "shard.tar")
+    members = [
+        (f"{key}.{extension}", f"{key} {extension}".encode() * 100) for key in "abc" for extension in ("jpg", "txt")
+    ]
+    write_tar(path, members)
+    with tarfile.open(path) as archive:
+        headers = [info.offset for info in archive]  # one per member, in order
+    with open(path, "r+b") as f:
+        if damage == "cut inside the last header":
+            f.truncate(headers[-1] + 100)
+        elif damage == "cut at a header boundary":
+            f.truncate(headers[-1])
+        elif damage == "cut inside a member":
+            f.truncate(headers[-1] + 512 + 10)
+        elif damage == "damaged header in the middle":
+            f.seek(headers[3] + 20)  # inside the name field: the checksum no longer matches
+            f.write(b"\xff")
+    index = tar_index.scan_shard(path)
+    assert list(index.keys) == kept
+    assert index.truncated == (damage != "none")
+    with open(path, "rb") as f:
+        data = f.read()
+    for i, key in enumerate(kept):  # what is kept is read exactly
+        offset, size = index.members["txt"][i]
+        assert data[offset : offset + size] == f"{key} txt".encode() * 100
+
+
 def test_synthetic_captions_are_joined_by_uid_not_by_position(written, source):
     import json
 
@@ -134,6 +176,46 @@ def test_an_unreadable_shard_is_named_in_the_log_and_skipped(written, tmp_path):
     assert len(src) == 16
     assert any(str(bad) in line and "cannot open" in line for line in logs)
     assert any("missing.tar" in line for line in logs)
+
+
+def test_a_shard_failing_transiently_is_retried_and_one_that_keeps_failing_stops_the_run(written, monkeypatch):
+    """Leaving out a shard that failed with EIO would renumber the samples after it (a resumed run or another
+    host would read others under the same numbers)."""
+    import errno
+
+    from clipjax.data import webdataset
+    from clipjax.errors import UserError
+
+    shards = expand_shards(written.image_pattern)
+    real, failures = webdataset.load_or_build, {"left": 1}
+
+    def flaky(path, *args):
+        if path == shards[1] and failures["left"] > 0:
+            failures["left"] -= 1
+            raise OSError(errno.EIO, "Input/output error")
+        return real(path, *args)
+
+    monkeypatch.setattr(webdataset, "load_or_build", flaky)
+    monkeypatch.setattr(webdataset, "_RETRY_DELAYS_S", (0.0, 0.0))
+    logs = []
+    whole = WebDatasetSource(shards, log=logs.append)
+    assert len(whole) == len(written.samples) and any("retrying" in line for line in logs)
+    failures["left"] = 3  # the first try and both retries
+    with pytest.raises(UserError, match=r"00001.tar cannot be read \(\[Errno 5\].*remove the shard"):
+        WebDatasetSource(shards, log=logs.append)
+
+
+def test_the_fingerprint_tells_sources_that_number_samples_differently_apart(written, tmp_path):
+    shards = expand_shards(written.image_pattern)
+    same = WebDatasetSource(shards, log=lambda _: None).fingerprint()
+    assert same.dtype == np.uint32 and same.shape == (4,)
+    np.testing.assert_array_equal(WebDatasetSource(shards, log=lambda _: None).fingerprint(), same)
+    missing = WebDatasetSource([*shards[:1], str(tmp_path / "gone.tar"), *shards[1:]], log=lambda _: None)
+    assert len(missing) == len(written.samples)  # the missing shard adds nothing ...
+    np.testing.assert_array_equal(missing.fingerprint(), same)  # ... and changes no sample's number
+    assert not np.array_equal(WebDatasetSource(shards[1:], log=lambda _: None).fingerprint(), same)
+    joined = WebDatasetSource(shards, expand_shards(written.synthetic_pattern), log=lambda _: None)
+    assert not np.array_equal(joined.fingerprint(), same)
 
 
 @pytest.mark.parametrize("captions", ["real", "synthetic", "mixed", "both"])
@@ -197,6 +279,40 @@ def test_distillation_replays_a_stored_augmentation_and_brings_the_teacher_embed
         np.testing.assert_array_equal(example["teacher_text_synthetic"], text_emb[1 + k])
         checked += 1
     assert checked == 8  # the 11 usable under "both", less the 3 whose reinforcements are not
+
+
+def test_a_small_stored_crop_of_a_large_jpeg_is_cut_from_the_full_resolution_decode():
+    """A JPEG whose shorter side is twice the output may decode at half scale, but not when the stored crop is
+    small: the student would see the crop upsampled from half the pixels the teacher saw."""
+    import io
+    import json
+
+    from skimage import data as skimage_data
+
+    photo = np.asarray(Image.fromarray(skimage_data.astronaut()).resize((512, 480), Image.BICUBIC))
+    buffer = io.BytesIO()
+    Image.fromarray(photo).save(buffer, "JPEG", quality=95)
+    encoded, size, width = buffer.getvalue(), 224, 4
+    top, left, height, width_box = 150, 180, 136, 145  # 4% of the area, upsampled to 224
+    embeddings = io.BytesIO()
+    np.savez(embeddings, image_emb=np.ones((1, width), np.float16), text_emb=np.ones((1, width), np.float16))
+    sample = {
+        "jpg": encoded,
+        "txt": b"an astronaut",
+        "paug.json": json.dumps({"param_aug": [[[top, left, height, width_box], None]]}).encode(),
+        "npz": embeddings.getvalue(),
+    }
+    example = transform("real", teacher_width=width, image_size=size)(sample, np.random.default_rng(0))
+    full = Image.fromarray(decode_image(encoded))
+    expected = tvf.resized_crop(full, top, left, height, width_box, [size, size], InterpolationMode.BICUBIC)
+    half = Image.fromarray(decode_image(encoded, target=size))  # what the run decoded before: 256 x 240
+    assert half.size == (256, 240)
+    blurred = tvf.resized_crop(
+        half, top // 2, left // 2, height // 2, width_box // 2, [size, size], InterpolationMode.BICUBIC
+    )
+    error = np.abs(example["image"].astype(np.float64) - np.asarray(expected, np.float64)).mean()
+    half_error = np.abs(np.asarray(blurred, np.float64) - np.asarray(expected, np.float64)).mean()
+    assert error < 1.0 < half_error, (error, half_error)
 
 
 def test_batches_hold_only_usable_pairs_and_count_what_was_dropped(written, source):

@@ -17,6 +17,7 @@ With distillation (a teacher width), also:
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 import numpy as np
@@ -120,17 +121,25 @@ def webdataset_example(
     reinforcement = _reinforcement(sample, teacher_width) if teacher_width is not None else None
     if isinstance(reinforcement, dict):
         return reinforcement
+    # A JPEG decodes at 1/2, 1/4 or 1/8 scale only while the crop still covers image_size pixels.
     try:
-        image = decode_image(encoded, target=image_size)
-        original_size = encoded_size(encoded) if reinforcement is not None else None
+        if reinforcement is None:
+            # The shortest side of a crop of crop_scale[0] of the area at aspect 3/4 is sqrt(3/4 * scale) times
+            # the image's shorter side, at least.
+            image = decode_image(encoded, target=math.ceil(image_size / math.sqrt(0.75 * crop_scale[0])))
+        else:
+            augmentations, image_emb, _ = reinforcement
+            index = int(rng.integers(len(augmentations)))
+            original_size = encoded_size(encoded)
+            left, top, right, bottom = augmentations[index].box
+            shortest = max(1, min(right - left, bottom - top))
+            image = decode_image(encoded, target=math.ceil(image_size * min(original_size) / shortest))
     except BadImage:
         return skipped("corrupt_image")
     teacher: dict[str, np.ndarray] = {}
     if reinforcement is None:
         pixels = random_resized_crop(image, image_size, rng, scale=tuple(crop_scale), flip=flip)
     else:
-        augmentations, image_emb, _ = reinforcement
-        index = int(rng.integers(len(augmentations)))
         try:
             pixels = replay(image, original_size, augmentations[index], image_size)
         except BadReinforcement:

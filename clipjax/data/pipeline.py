@@ -14,6 +14,7 @@ from clipjax.data.datacomp import webdataset_example
 from clipjax.data.skips import SKIPPED
 from clipjax.data.synthetic import SyntheticScenes
 from clipjax.data.webdataset import WebDatasetSource, expand_shards
+from clipjax.distributed import same_on_every_host
 from clipjax.errors import ConfigError, UserError
 from clipjax.tokenizer import tokenize
 
@@ -30,6 +31,7 @@ def pretrain_source(config: ConfigDict) -> SyntheticScenes | WebDatasetSource:
     Raises:
       ConfigError: a kind without captions, a path that matches no readable shard, or a caption policy
         that needs synthetic captions when none can be joined.
+      UserError: a shard that keeps failing to read, or hosts that read different shards.
     """
     data = config.data
     if data.kind == "synthetic":
@@ -50,6 +52,11 @@ def pretrain_source(config: ConfigDict) -> SyntheticScenes | WebDatasetSource:
     source = WebDatasetSource(shards, synthetic, cache_dir=data.index_cache)
     if len(source) == 0:
         raise ConfigError(f"config.data.path={data.path!r}: no readable samples in its {len(shards)} shard(s)")
+    if not same_on_every_host(source.fingerprint()):
+        raise UserError(
+            f"data: the hosts read different shards of config.data.path={data.path!r} (a shard missing or unreadable "
+            "on some host, or different files); each host's log names the shards it left out"
+        )
     return source
 
 

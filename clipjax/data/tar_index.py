@@ -14,13 +14,12 @@ import hashlib
 import json
 import os
 import tarfile
-import zipfile
 
 import numpy as np
 
 from clipjax.data.npz import read_npz
 
-INDEX_VERSION = 1
+INDEX_VERSION = 2
 
 
 @dataclasses.dataclass
@@ -31,8 +30,8 @@ class ShardIndex:
     members: extension -> int64 [n, 2] (data offset, size) of that member per sample, (-1, -1) if absent.
     uids: [n] the "uid" field of each sample's `.json` member ("" if absent or unreadable); filled only
       when indexing with `read_uids`.
-    truncated: the file ends inside a member or header (the sample it belongs to, and everything after it,
-      are left out).
+    truncated: the file ends inside a member or header, or a header is damaged (the sample it belongs to,
+      or the sample before a damaged header, and everything after are left out).
     """
 
     keys: np.ndarray
@@ -63,6 +62,7 @@ def scan_shard(path: str, read_uids: bool = False) -> ShardIndex:
     keys: list[str] = []
     rows: dict[str, dict[str, tuple[int, int]]] = {}
     truncated = False
+    cut_key = None  # the sample of the member the file ends inside, if it does
     with open(path, "rb") as raw, tarfile.open(fileobj=raw, mode="r:") as archive:
         try:
             for info in archive:
@@ -70,10 +70,7 @@ def scan_shard(path: str, read_uids: bool = False) -> ShardIndex:
                     continue
                 key, extension = split_key(info.name)
                 if info.offset_data + info.size > size:
-                    truncated = True
-                    if key in rows:  # the sample lost this member (and maybe more): leave it out whole
-                        keys.remove(key)
-                        del rows[key]
+                    truncated, cut_key = True, key
                     break
                 if not key:
                     continue
@@ -82,10 +79,17 @@ def scan_shard(path: str, read_uids: bool = False) -> ShardIndex:
                     keys.append(key)
                 rows[key][extension] = (info.offset_data, info.size)
         except tarfile.ReadError:
-            # A header cut short: the last sample may have had members past the cut; leave it out whole.
             truncated = True
-            if keys:
-                del rows[keys.pop()]
+        # Past the first header, tarfile ends its iteration silently at a damaged header, a header cut short or
+        # a file cut at a header boundary: only end-of-archive zeros where it stopped mean the file was whole.
+        truncated = truncated or not _ends_with_zeros(raw, archive.offset)
+        if truncated:
+            # The sample the damage is in loses what followed; where the damage is a header, that may have been
+            # the last sample's next member: leave that sample out whole.
+            lost = cut_key if cut_key is not None else (keys[-1] if keys else None)
+            if lost in rows:
+                keys.remove(lost)
+                del rows[lost]
         uids = np.array([_read_uid(raw, rows[k].get("json")) if read_uids else "" for k in keys], dtype=np.str_)
     extensions = sorted({extension for row in rows.values() for extension in row})
     members = {
@@ -93,6 +97,12 @@ def scan_shard(path: str, read_uids: bool = False) -> ShardIndex:
         for extension in extensions
     }
     return ShardIndex(np.array(keys, dtype=np.str_), members, uids, truncated)
+
+
+def _ends_with_zeros(raw, offset: int) -> bool:
+    """Whether the file holds a zero block (the end-of-archive marker) at `offset`."""
+    raw.seek(offset)
+    return raw.read(tarfile.BLOCKSIZE) == bytes(tarfile.BLOCKSIZE)
 
 
 def _read_uid(raw, location: tuple[int, int] | None) -> str:
@@ -137,7 +147,7 @@ def _read_cache(cache: str, stamp: str) -> ShardIndex | None:
         extensions = [str(e) for e in saved["extensions"]]
         members = {e: saved[f"member_{i}"] for i, e in enumerate(extensions)}
         return ShardIndex(saved["keys"], members, saved["uids"], bool(saved["truncated"]))
-    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+    except (OSError, KeyError, ValueError):
         return None
 
 

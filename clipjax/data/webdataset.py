@@ -12,17 +12,20 @@ from __future__ import annotations
 import bisect
 import concurrent.futures
 import glob
+import hashlib
 import os
 import re
 import sys
 import tarfile
 import threading
+import time
 from collections import OrderedDict
 from typing import Any
 
 import numpy as np
 
 from clipjax.data.tar_index import ShardIndex, load_or_build
+from clipjax.errors import UserError
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 SYNTHETIC_EXTENSIONS = ("syn.json", "paug.json", "npz")
@@ -102,6 +105,16 @@ class WebDatasetSource:
     def __len__(self) -> int:
         return self._starts[-1]
 
+    def fingerprint(self) -> np.ndarray:
+        """uint32 [4]: a digest of the shards read, their sample counts and synthetic partners, which number
+        every sample: hosts that disagree on it would read overlapping data."""
+        lines = [
+            f"{path}\t{len(index)}\t{partner[0] if partner else ''}"
+            for path, index, partner in zip(self._shards, self._indexes, self._synthetic)
+        ]
+        digest = hashlib.sha256("\n".join(lines).encode()).digest()
+        return np.frombuffer(digest[:16], np.uint32).copy()
+
     def __repr__(self) -> str:
         return f"WebDatasetSource({len(self._shards)} shards, {len(self)} samples)"
 
@@ -151,15 +164,36 @@ class WebDatasetSource:
         return fd
 
 
+# A shard that is not a tar, or not there, stays so: it is left out. Any other error reading it (EIO, ESTALE,
+# a timeout of network storage) may pass, and leaving the shard out would renumber every later sample (a resumed
+# run, or another host, would read other samples under the same numbers): retried, then the run stops.
+_PERMANENT = (tarfile.TarError, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)
+_RETRY_DELAYS_S = (1.0, 4.0)
+
+
 def _index_all(paths: list[str], cache_dir: str | None, read_uids: bool, log) -> dict[str, ShardIndex | None]:
-    """Indexes shards in parallel; an unreadable shard is named in the log and maps to None."""
+    """Indexes shards in parallel; a shard that is not a tar or not there is named in the log and maps to None.
+
+    Raises:
+      UserError: a shard kept failing with another OSError (after retries).
+    """
 
     def one(path: str) -> ShardIndex | None:
-        try:
-            index = load_or_build(path, cache_dir, read_uids)
-        except (OSError, tarfile.TarError) as e:
-            log(f"data: cannot open shard {path}: {e}; skipping it")
-            return None
+        for delay in (*_RETRY_DELAYS_S, None):
+            try:
+                index = load_or_build(path, cache_dir, read_uids)
+                break
+            except _PERMANENT as e:
+                log(f"data: cannot open shard {path}: {e}; skipping it")
+                return None
+            except OSError as e:
+                if delay is None:
+                    raise UserError(
+                        f"data: shard {path} cannot be read ({e}); leaving it out would renumber the samples after "
+                        "it: fix the storage, or remove the shard from config.data.path"
+                    ) from None
+                log(f"data: reading shard {path} failed ({e}); retrying in {delay:.0f} s")
+                time.sleep(delay)
         if index.truncated:
             log(f"data: shard {path} is truncated; using its {len(index)} complete samples")
         return index
