@@ -86,6 +86,13 @@ def test_vit_b16_flops_match_the_published_count():
     # One block of width w over n tokens, counted by hand: 4 w x w projections, the MLP, q.k and weights.v.
     w, m, n = 8, 32, 5
     assert transformer_forward_flops(n, w, 1, m) == n * (2 * 4 * w * w + 2 * 2 * w * m) + 2 * 2 * n * n * w
+    # MobileCLIP-B's stem in place of the 16x16 patch embedding (224 px): a 4x4/4 conv 3 -> 192 over 56 x 56
+    # outputs, a 2x2/2 conv 192 -> 192 over 28 x 28 and a 2x2/2 patch embedding 192 -> 768 over 14 x 14.
+    config.model.image.stem = "mci"
+    stem = 2 * (56 * 56 * 48 * 192 + 28 * 28 * 4 * 192 * 192 + 14 * 14 * 4 * 192 * 768)
+    assert stem == 520_224_768
+    patch_embedding = 2 * 14 * 14 * 16 * 16 * 3 * 768
+    assert clip_forward_flops(config.model)["image"] - flops["image"] == stem - patch_embedding
 
 
 def test_flop_formula_agrees_with_xla_on_a_matmul_dominated_clip():

@@ -42,7 +42,13 @@ def clip_forward_flops(model: ConfigDict) -> dict[str, float]:
     patch, width = image["patch_size"], image["width"]
     patches = (model.image_size // patch) ** 2
     image_flops = transformer_forward_flops(1 + patches, width, image["depth"], image["mlp_dim"])
-    image_flops += 2 * patches * patch * patch * 3 * width  # patch embedding
+    if model.image.stem == "mci":
+        # MobileCLIP-B's stem: 4x4/4 conv 3 -> width/4, 2x2/2 conv width/4 -> width/4, 2x2/2 patch embedding.
+        stem = width // 4
+        image_flops += 2 * 16 * patches * 16 * 3 * stem + 2 * 4 * patches * 4 * stem * stem
+        image_flops += 2 * patches * 4 * stem * width
+    else:
+        image_flops += 2 * patches * patch * patch * 3 * width  # patch embedding
     image_flops += 2 * width * model.embed_dim  # projection of the pooled token
 
     text = text_tower_dims(model)

@@ -18,6 +18,36 @@ import numpy as np
 from clipjax.models.fp8 import FP8_STATS, dense_product
 
 Dtype = Any
+# How a dense kernel starts: "xavier" (Glorot uniform over the flattened [in, out] kernel; the fused qkv as
+# PyTorch's nn.MultiheadAttention), "torch" (PyTorch's nn.Linear default, uniform in +-1/sqrt(fan_in)) or a
+# float, the standard deviation of a normal draw (open_clip's text tower).
+KernelInit = str | float
+# A block's four dense kernels: (qkv, attention output, fc1, fc2).
+BlockInits = tuple[KernelInit, KernelInit, KernelInit, KernelInit]
+XAVIER_INITS: BlockInits = ("xavier", "xavier", "xavier", "xavier")
+
+
+def kernel_initializer(spec: KernelInit) -> Callable:
+    """The Flax initializer a `KernelInit` names (for nn.Dense / nn.DenseGeneral kernels)."""
+    if spec == "xavier":
+        return nn.initializers.xavier_uniform()
+    if spec == "torch":
+        return nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform")  # bound sqrt(3 / 3 / fan_in)
+    if isinstance(spec, (int, float)) and not isinstance(spec, bool) and spec > 0:
+        return nn.initializers.normal(stddev=float(spec))
+    raise ValueError(f"kernel init {spec!r} is not 'xavier', 'torch' or a positive standard deviation")
+
+
+def open_clip_text_inits(width: int, depth: int) -> BlockInits:
+    """open_clip's TextTransformer.init_parameters: normal draws, the residual branches' output projections
+    scaled down with depth (width^-1/2 (2 depth)^-1/2), so the residual stream grows slowly through the blocks."""
+    residual = width**-0.5 * (2 * depth) ** -0.5
+    return (width**-0.5, residual, (2 * width) ** -0.5, residual)
+
+
+# open_clip's VisionTransformer defines no init of its blocks: PyTorch's nn.MultiheadAttention (Xavier for the
+# fused qkv projection) and nn.Linear defaults elsewhere.
+OPEN_CLIP_VISION_INITS: BlockInits = ("xavier", "torch", "torch", "torch")
 
 
 def keeps_only_its_input(activation: Callable[[jax.Array], jax.Array]) -> Callable[[jax.Array], jax.Array]:
@@ -150,25 +180,23 @@ class DropPath(nn.Module):
 class MlpBlock(nn.Module):
     """Dense(mlp_dim) -> activation -> Dense(width). Input and output [..., width]; `fp8`: the FP8 recipe of
     both products ("none", "switchback" or "all"), `fp8_amax_history`: 0 for current scaling, N for delayed
-    scaling from the last N steps' maxima (clipjax.models.fp8.dense_product)."""
+    scaling from the last N steps' maxima (clipjax.models.fp8.dense_product); `fc1_init`, `fc2_init`: how the
+    kernels start (`KernelInit`)."""
 
     mlp_dim: int
     act: str = "gelu"
     dtype: Dtype = jnp.float32
     fp8: str = "none"
     fp8_amax_history: int = 0
+    fc1_init: KernelInit = "xavier"
+    fc2_init: KernelInit = "xavier"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         width = x.shape[-1]
-        dense = functools.partial(
-            nn.Dense,
-            dtype=self.dtype,
-            kernel_init=nn.initializers.xavier_uniform(),
-            **dense_product(self.fp8, self.fp8_amax_history),
-        )
-        x = ACTIVATIONS[self.act](dense(self.mlp_dim, name="fc1")(x))
-        return dense(width, name="fc2")(x)
+        dense = functools.partial(nn.Dense, dtype=self.dtype, **dense_product(self.fp8, self.fp8_amax_history))
+        x = ACTIVATIONS[self.act](dense(self.mlp_dim, kernel_init=kernel_initializer(self.fc1_init), name="fc1")(x))
+        return dense(width, kernel_init=kernel_initializer(self.fc2_init), name="fc2")(x)
 
 
 def fused_attention(
@@ -205,7 +233,7 @@ class SelfAttention(nn.Module):
     are computed (by an explicit softmax) only when `return_weights` is set, otherwise the fused
     `jax.nn.dot_product_attention` runs with the implementation `attention` resolves to (see
     `attention_implementation`). `fp8` and `fp8_amax_history`: the FP8 products of the two projections, as in
-    `MlpBlock` (attention itself stays in `dtype`).
+    `MlpBlock` (attention itself stays in `dtype`); `qkv_init`, `out_init`: how their kernels start.
     """
 
     num_heads: int
@@ -215,6 +243,8 @@ class SelfAttention(nn.Module):
     dtype: Dtype = jnp.float32
     fp8: str = "none"
     fp8_amax_history: int = 0
+    qkv_init: KernelInit = "xavier"
+    out_init: KernelInit = "xavier"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array | None]:
@@ -222,11 +252,9 @@ class SelfAttention(nn.Module):
         if width % self.num_heads:
             raise ValueError(f"width {width} is not divisible by num_heads {self.num_heads}")
         head_dim = width // self.num_heads
-        init = nn.initializers.xavier_uniform()
-        dense = functools.partial(
-            nn.DenseGeneral, dtype=self.dtype, kernel_init=init, **dense_product(self.fp8, self.fp8_amax_history)
-        )
-        qkv = dense((3, self.num_heads, head_dim), name="qkv")(x)
+        dense = functools.partial(nn.DenseGeneral, dtype=self.dtype, **dense_product(self.fp8, self.fp8_amax_history))
+        # DenseGeneral initialises the kernel as its flattened [in, out] matrix: Xavier's fans are PyTorch's.
+        qkv = dense((3, self.num_heads, head_dim), kernel_init=kernel_initializer(self.qkv_init), name="qkv")(x)
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # each [B, N, heads, head_dim]
         weights = None
         if self.return_weights:
@@ -240,7 +268,7 @@ class SelfAttention(nn.Module):
         else:
             implementation = attention_implementation(self.attention, q.dtype, head_dim)
             out = fused_attention(q, k, v, self.causal, implementation, pad_odd=implementation == "cudnn")
-        out = dense(width, axis=(-2, -1), name="out")(out)
+        out = dense(width, axis=(-2, -1), kernel_init=kernel_initializer(self.out_init), name="out")(out)
         return out, weights
 
 
@@ -284,6 +312,7 @@ class EncoderBlock(nn.Module):
     window: tuple[int, int, int] | None = None
     fp8: str = "none"
     fp8_amax_history: int = 0
+    inits: BlockInits = XAVIER_INITS  # how the (qkv, out, fc1, fc2) kernels start
 
     @nn.compact
     def __call__(self, x: jax.Array, drop_rate: jax.Array | None = None) -> tuple[jax.Array, jax.Array | None]:
@@ -299,6 +328,8 @@ class EncoderBlock(nn.Module):
             dtype=self.dtype,
             fp8=self.fp8,
             fp8_amax_history=self.fp8_amax_history,
+            qkv_init=self.inits[0],
+            out_init=self.inits[1],
             name="attn",
         )(y)
         if self.window is not None:
@@ -306,7 +337,7 @@ class EncoderBlock(nn.Module):
         x = x + DropPath(self.drop_path, name="drop_path_1")(y, drop_rate)
         mlp = MlpBlock(
             self.mlp_dim, act=self.act, dtype=self.dtype, fp8=self.fp8, fp8_amax_history=self.fp8_amax_history,
-            name="mlp",
+            fc1_init=self.inits[2], fc2_init=self.inits[3], name="mlp",
         )  # fmt: skip
         y = mlp(layer_norm("ln_2", self.dtype, self.norm_eps)(x))
         x = x + DropPath(self.drop_path, name="drop_path_2")(y, drop_rate)
@@ -356,6 +387,7 @@ class Encoder(nn.Module):
     scan: bool = False
     fp8: str = "none"  # FP8 products in the blocks' dense layers: a recipe of clipjax.models.fp8
     fp8_amax_history: int = 0  # 0: current scaling; N: delayed scaling from the last N steps' maxima
+    inits: BlockInits = XAVIER_INITS  # how each block's (qkv, out, fc1, fc2) kernels start
 
     @nn.compact
     def __call__(
@@ -380,6 +412,7 @@ class Encoder(nn.Module):
             norm_eps=self.norm_eps,
             fp8=self.fp8,
             fp8_amax_history=self.fp8_amax_history,
+            inits=self.inits,
         )
         if self.scan:
             return self._scanned(x, wanted, return_attention, rates, block_options)

@@ -8,7 +8,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from clipjax.models.layers import Encoder, layer_norm
+from clipjax.models.layers import Encoder, layer_norm, open_clip_text_inits
 
 Dtype = Any
 
@@ -23,7 +23,9 @@ class TextTransformer(nn.Module):
       tokens     [B, L, width]   every token after ln_final
       layers / attention         as in `VisionTransformer`
     The end-of-text token is found as the largest id in each row: 49407 is the largest id in CLIP's
-    vocabulary, the trick OpenAI's implementation uses.
+    vocabulary, the trick OpenAI's implementation uses. Parameters start as open_clip's do (token embeddings
+    N(0, 0.02), position embeddings N(0, 0.01), the blocks by `open_clip_text_inits`, the projection
+    N(0, width^-1/2)); biases at zero.
     """
 
     vocab_size: int
@@ -70,11 +72,13 @@ class TextTransformer(nn.Module):
             dtype=self.dtype,
             fp8=self.fp8_matmuls,
             fp8_amax_history=self.fp8_amax_history,
+            inits=open_clip_text_inits(self.width, self.depth),
             name="encoder",
         )(x, return_layers, return_attention)
         x = layer_norm("ln_final", self.dtype)(x)
         pooled = x[jnp.arange(x.shape[0]), jnp.argmax(tokens, axis=-1)]
         embedding = nn.Dense(
-            self.embed_dim, use_bias=False, dtype=self.dtype, kernel_init=nn.initializers.xavier_uniform(), name="proj"
-        )(pooled)
+            self.embed_dim, use_bias=False, dtype=self.dtype, kernel_init=nn.initializers.normal(self.width**-0.5),
+            name="proj",
+        )(pooled)  # fmt: skip
         return {"embedding": embedding, "pooled": pooled, "tokens": x, "layers": layers, "attention": attention}

@@ -10,7 +10,15 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from clipjax.models.layers import ACTIVATIONS, LAYER_NORM_EPS, Encoder, drop_path_rates, layer_norm
+from clipjax.models.layers import (
+    ACTIVATIONS,
+    LAYER_NORM_EPS,
+    OPEN_CLIP_VISION_INITS,
+    XAVIER_INITS,
+    Encoder,
+    drop_path_rates,
+    layer_norm,
+)
 from clipjax.models.mci import batch_norm
 
 Dtype = Any
@@ -39,7 +47,10 @@ class VisionTransformer(nn.Module):
     timm `vit_base_mci_224`: a 4x4/4 and a 2x2/2 conv, each with BatchNorm and GELU, before a 2x2/2 patch
     embedding with bias; patch size 16). Layouts: "clip" (OpenAI's: ln_pre, a position embedding for the
     CLS token too, LayerNorm epsilon 1e-5, projection without bias) or "timm" (timm's ViT as MobileCLIP-B
-    uses it: no ln_pre, position embeddings for the patches only, epsilon 1e-6, projection with bias).
+    uses it: no ln_pre, position embeddings for the patches only, epsilon 1e-6, projection with bias). The
+    "clip" layout starts as open_clip's ViT does (CLS token, position embedding and projection N(0,
+    width^-1/2), blocks by `OPEN_CLIP_VISION_INITS`), "timm" with N(0, 0.02) tokens and Xavier kernels; biases
+    at zero.
     """
 
     width: int
@@ -92,7 +103,8 @@ class VisionTransformer(nn.Module):
         )(x)
         batch, gh, gw, _ = x.shape
         x = x.reshape(batch, gh * gw, self.width)
-        init = nn.initializers.normal(stddev=0.02)
+        # open_clip's CLS token and position embedding start at N(0, width^-1/2); timm's at N(0, 0.02).
+        init = nn.initializers.normal(stddev=0.02 if timm else self.width**-0.5)
         cls = jnp.broadcast_to(self.param("cls_token", init, (self.width,)).astype(x.dtype), (batch, 1, self.width))
         if timm:  # position embeddings for the patches only; the CLS token goes in without one
             x = x + self.param("pos_embed", init, (gh * gw, self.width)).astype(x.dtype)
@@ -118,6 +130,7 @@ class VisionTransformer(nn.Module):
             norm_eps=eps,
             window_size=self.window_size,
             global_blocks=self.global_blocks,
+            inits=XAVIER_INITS if timm else OPEN_CLIP_VISION_INITS,
             name="encoder",
         )(x, return_layers, return_attention, grid=(gh, gw))
         tokens = layer_norm("ln_post", self.dtype, eps)(x)
@@ -126,8 +139,9 @@ class VisionTransformer(nn.Module):
         else:
             pooled = tokens[:, 0] if self.pool == "cls" else tokens[:, 1:].mean(axis=1)
         embedding = nn.Dense(
-            self.embed_dim, use_bias=timm, dtype=self.dtype, kernel_init=nn.initializers.xavier_uniform(), name="proj"
-        )(pooled)
+            self.embed_dim, use_bias=timm, dtype=self.dtype, name="proj",
+            kernel_init=nn.initializers.xavier_uniform() if timm else nn.initializers.normal(self.width**-0.5),
+        )(pooled)  # fmt: skip
         return {
             "embedding": embedding,
             "pooled": pooled,
