@@ -19,13 +19,21 @@ from clipjax.errors import ConfigError
 FLAGS = ("coordinator_address", "num_processes", "process_id")
 
 
+# Set to 1 by launch/tpu_vm.sh: a Cloud TPU VM slice keeps its workers' addresses in the VM metadata, not in the
+# environment, so only the launcher knows the process is one of several; JAX then finds its peers itself.
+OPT_IN = "CLIPJAX_DISTRIBUTED"
+
+
 def detect_cluster() -> str | None:
     """Which cluster this process runs in: "slurm" (a task of a SLURM job step of several tasks), "tpu" (a
-    worker of a multi-host TPU slice) or None."""
+    worker of a multi-host TPU slice: GKE's or Multislice's environment, or CLIPJAX_DISTRIBUTED=1 on Cloud TPU
+    VMs) or None."""
     # Only srun sets SLURM_STEP_NUM_TASKS: a single process in an allocation of several tasks (SLURM_NTASKS)
     # must not wait for peers that will never start.
     if int(os.environ.get("SLURM_STEP_NUM_TASKS", "1") or 1) > 1:
         return "slurm"
+    if os.environ.get(OPT_IN) == "1":
+        return "tpu"
     if "," in os.environ.get("TPU_WORKER_HOSTNAMES", "") or os.environ.get("MEGASCALE_COORDINATOR_ADDRESS"):
         return "tpu"
     return None

@@ -58,6 +58,11 @@ def parse_command_line(argv: Sequence[str]) -> CommandLine:
             raise ConfigError(f"unknown flag --{name}; {USAGE}")
     if spec is None or workdir is None:
         raise ConfigError(f"--config and --workdir are required; {USAGE}")
+    if "://" in workdir:
+        raise ConfigError(
+            f"--workdir={workdir}: the workdir (config, metrics, logs) is a local or mounted directory; checkpoints "
+            "can go to a bucket with --config.checkpoint_dir=gs://..."
+        )
     return CommandLine(spec, workdir, overrides, distributed)
 
 

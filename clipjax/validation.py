@@ -68,6 +68,7 @@ def validate(config: ConfigDict, *, num_devices: int, process_count: int, tasks:
             f"config.init={config.init!r}: task {config.task!r} starts from random weights (and resumes from its "
             "workdir); unset config.init"
         )
+    _validate_local_paths(config)
     _validate_model(config.model)
     _validate_data(config)
     _validate_eval(config.eval)
@@ -96,6 +97,24 @@ def validate(config: ConfigDict, *, num_devices: int, process_count: int, tasks:
         raise ConfigError(
             f"config.optim.no_decay={optim.no_decay!r} must be a tuple of parameter names, e.g. ('pos_embed',)"
         )
+
+
+def _validate_local_paths(config: ConfigDict) -> None:
+    """Data, weights and evaluation sets are read with local file APIs (positioned reads into shards, directory
+    listings): a bucket URL would match nothing. Checkpoints and the compilation cache may be URLs."""
+    paths = {
+        "config.data.path": config.data.path,
+        "config.data.synthetic_path": config.data.synthetic_path,
+        "config.init": config.init,
+        "config.eval.zeroshot.path": config.eval.zeroshot.path,
+        "config.eval.retrieval.path": config.eval.retrieval.path,
+    }
+    for key, value in paths.items():
+        if isinstance(value, str) and "://" in value:
+            raise ConfigError(
+                f"{key}={value!r} is read through the file system: mount the bucket (e.g. gcsfuse; launch/tpu_vm.sh "
+                "does with GCSFUSE=BUCKET) and pass the mounted path"
+            )
 
 
 def _validate_model(model: ConfigDict) -> None:

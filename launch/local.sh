@@ -6,10 +6,11 @@
 #     launch/local.sh 2 -- --config=configs/demo.py:smoke --workdir=runs/local2
 #
 # Every process gets the same arguments plus --coordinator_address/--num_processes/--process_id. On the
-# CPU each process has the devices XLA_FLAGS gives it; with GPUs, set CUDA_VISIBLE_DEVICES per process
-# (or run one process). SIGTERM / SIGINT are passed on to every process (they save and exit 75). The
+# CPU each process has the devices XLA_FLAGS gives it; with GPUs, GPUS_PER_PROCESS=N gives process i the GPUs
+# i*N .. i*N+N-1 (JAX_LOCAL_DEVICE_IDS). SIGTERM / SIGINT stop every process (they save and exit 75): a Ctrl-C
+# reaches them from the terminal and is passed on as SIGTERM, since a second SIGINT means "abort now". The
 # exit status is the first non-zero one among the processes, else 0. Environment: PYTHON (default
-# python), CLIPJAX_PORT (default: a free port).
+# python), CLIPJAX_PORT (default: a free port), GPUS_PER_PROCESS.
 set -uo pipefail
 
 if [[ $# -lt 1 || ! $1 =~ ^[0-9]+$ ]]; then
@@ -25,8 +26,12 @@ port=${CLIPJAX_PORT:-$("$python" -c 'import socket; s = socket.socket(); s.bind(
 pids=()
 forward() { kill -s "$1" "${pids[@]}" 2>/dev/null; }
 trap 'forward TERM' TERM
-trap 'forward INT' INT
+trap 'forward TERM' INT
 for ((i = 0; i < nproc; i++)); do
+  if [[ -n ${GPUS_PER_PROCESS:-} ]]; then
+    JAX_LOCAL_DEVICE_IDS=$(seq -s, $((i * GPUS_PER_PROCESS)) $((i * GPUS_PER_PROCESS + GPUS_PER_PROCESS - 1)))
+    export JAX_LOCAL_DEVICE_IDS
+  fi
   "$python" -m clipjax.main "$@" --coordinator_address="127.0.0.1:$port" --num_processes="$nproc" --process_id="$i" &
   pids+=($!)
 done

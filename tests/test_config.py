@@ -126,6 +126,10 @@ def valid_demo(repo_root):
             "config.loss.teacher_dims=(768, 0) must be the positive widths of the teacher's members",
         ),
         ({"optim.no_decay": "(1,)"}, "config.optim.no_decay=(1,) must be a tuple of parameter names"),
+        (
+            {"data.kind": "webdataset", "data.path": "gs://b/{0..9}.tar"},
+            "config.data.path='gs://b/{0..9}.tar' is read through the file system: mount the bucket",
+        ),
         ({"eval.zeroshot.kind": "imagenet"}, "config.eval.zeroshot.kind='imagenet' is not one of"),
         ({"eval.zeroshot.kind": "tfds"}, "config.eval.zeroshot.path is required with config.eval.zeroshot.kind='tfds'"),
         ({"eval.zeroshot.classnames": "wordnet"}, "config.eval.zeroshot.classnames='wordnet' is not one of"),
@@ -207,6 +211,15 @@ def test_main_prints_one_line_and_exits_2(repo_root, tmp_path, capsys, extra, fr
     assert status == 2
     assert err.startswith("error: ") and fragment in err and "\n" not in err
     assert not (tmp_path / "w" / "checkpoints").exists()
+
+
+def test_a_bucket_workdir_is_refused_before_anything_is_written(repo_root, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # os.makedirs("gs://b/run") would make ./gs:/b/run
+    demo = os.path.join(repo_root, "configs", "demo.py")
+    assert main([f"--config={demo}:smoke", "--workdir=gs://b/run"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "the workdir (config, metrics, logs) is a local or mounted directory" in err and "\n" not in err
+    assert not os.path.exists(tmp_path / "gs:")
 
 
 def test_cli_process_exit_status(repo_root, tmp_path):

@@ -134,12 +134,19 @@ def test_sigterm_stops_every_host_at_the_same_step_with_a_checkpoint(repo_root, 
         ({"SLURM_STEP_NUM_TASKS": "1"}, None),
         ({"TPU_WORKER_HOSTNAMES": "10.0.0.2"}, None),  # a single-host TPU VM
         ({"TPU_WORKER_HOSTNAMES": "10.0.0.2,10.0.0.3"}, "tpu"),
+        ({"CLIPJAX_DISTRIBUTED": "1"}, "tpu"),  # launch/tpu_vm.sh: a Cloud TPU VM slice's workers
     ],
 )
 def test_cluster_detection(monkeypatch, env, expected):
     from clipjax.distributed import detect_cluster
 
-    for name in ("SLURM_NTASKS", "SLURM_STEP_NUM_TASKS", "TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS"):
+    for name in (
+        "SLURM_NTASKS",
+        "SLURM_STEP_NUM_TASKS",
+        "TPU_WORKER_HOSTNAMES",
+        "MEGASCALE_COORDINATOR_ADDRESS",
+        "CLIPJAX_DISTRIBUTED",
+    ):
         monkeypatch.delenv(name, raising=False)
     for name, value in env.items():
         monkeypatch.setenv(name, value)

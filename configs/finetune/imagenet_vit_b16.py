@@ -7,8 +7,8 @@ RandomResizedCrop (0.08-1) + flip at 224 px; global average pooling; evaluation 
 256 px (ratio 0.875), every epoch; bfloat16 compute.
 
   python -m clipjax.main --config=configs/finetune/imagenet_vit_b16.py \
-      --config.init=gs://BUCKET/runs/vit_b16_dr --config.data.path=/data/tensorflow_datasets \
-      --workdir=gs://BUCKET/runs/vit_b16_dr_in1k
+      --config.init=runs/vit_b16_dr --config.data.path=/data/tensorflow_datasets \
+      --workdir=runs/vit_b16_dr_in1k
 
 `config.init`: a pretraining workdir or a converted checkpoint (`python -m clipjax.convert`); leave it
 unset for the from-scratch baseline. Arguments: data=tfds (TFDS imagenet2012 under data.path) or folder

@@ -8,7 +8,7 @@ MobileCLIP-S1/S2's text tower (the base transformer without the causal mask).
   python -m clipjax.main --config=configs/pretrain/mci_datacompdr.py:model=mci2,cluster=v5p-128 \
       --config.data.path='/data/datacomp/{00000000..00139999}.tar' \
       --config.data.synthetic_path='/data/datacompdr/{00000000..00139999}.tar' \
-      --config.eval.zeroshot.path=/data/tensorflow_datasets --workdir=gs://BUCKET/runs/mci2_dr
+      --config.eval.zeroshot.path=/data/tensorflow_datasets --workdir=runs/mci2_dr
 
 Arguments: model=mci0|mci1|mci2 (default mci2), steps=20000 (200000: MobileCLIP's full run), captions,
 cluster and distill as in vit_b16_datacompdr.py (MobileCLIP-S0/S1/S2 train on distillation alone: distill=1).

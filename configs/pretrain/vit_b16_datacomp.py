@@ -5,7 +5,7 @@ beta2 0.95, clip 1.0), so the two runs differ in caption quality only.
 
   python -m clipjax.main --config=configs/pretrain/vit_b16_datacomp.py \
       --config.data.path='/data/datacomp/{00000000..00139999}.tar' \
-      --config.eval.zeroshot.path=/data/tensorflow_datasets --workdir=gs://BUCKET/runs/vit_b16_dc
+      --config.eval.zeroshot.path=/data/tensorflow_datasets --workdir=runs/vit_b16_dc
 
 Arguments: steps=20000 (the data-scaling setting) or steps=200000; cluster as in vit_b16_datacompdr.py.
 """

@@ -9,7 +9,7 @@ the long run uses 200k (`:steps=200000`).
       --config.data.path='/data/datacomp/{00000000..00139999}.tar' \
       --config.data.synthetic_path='/data/datacompdr/{00000000..00139999}.tar' \
       --config.eval.zeroshot.path=/data/tensorflow_datasets \
-      --config.eval.retrieval.path=/data/coco/test5k.jsonl --workdir=gs://BUCKET/runs/vit_b16_dr
+      --config.eval.retrieval.path=/data/coco/test5k.jsonl --workdir=runs/vit_b16_dr
 
 `:cluster=v4-64`, `v5p-128` or `h100x16` (2 nodes x 8 H100) picks a mesh for that machine (see CLUSTERS and
 README "Scaling out"). The images come from the DataComp shards; each DataCompDR shard of the same file name holds their
