@@ -160,12 +160,16 @@ def resize_region(pixels: np.ndarray, box: tuple[int, int, int, int], size: int)
     return cv2.resize(region, (size, size), interpolation=cv2.INTER_CUBIC)
 
 
+# torchvision's RandomResizedCrop aspect ratio range (width / height).
+CROP_ASPECT_RATIOS = (3 / 4, 4 / 3)
+
+
 def random_resized_crop(
     pixels: np.ndarray,
     size: int,
     rng: np.random.Generator,
     scale: tuple[float, float] = (0.9, 1.0),
-    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    ratio: tuple[float, float] = CROP_ASPECT_RATIOS,
     flip: bool = False,
 ) -> np.ndarray:
     """Inception-style crop of uint8 [H, W, 3] pixels: a box of `scale` of the area and `ratio` aspect,
