@@ -33,6 +33,7 @@ from clipjax.data.detection import (
 )
 from clipjax.data.images import BadImage, decode_image
 from clipjax.data.synthetic import CATEGORIES
+from clipjax.data.transforms import padding_pixel
 from clipjax.errors import ConfigError
 from tests.coco_fixture import file_name, make_coco, uncompressed_rle
 
@@ -508,6 +509,7 @@ def config_for(kind: str, path: str = "") -> ConfigDict:
                 "train_split": "train",
                 "eval_split": "validation",
                 "flip": True,
+                "normalize": "clip",
                 "num_threads": 1,
                 "num_workers": 0,
                 "synthetic": {"num_examples": 10, "max_objects": 3},
@@ -552,6 +554,12 @@ def test_sources_and_batches_from_the_config(coco_root):
     assert batch["masks"].shape == (4, 3, 8, 8) and batch["masks"].dtype == np.uint8
     assert batch["__skipped__"] == {}
     assert ((batch["classes"] >= -1) & (batch["classes"] < len(CATEGORIES))).all()
+    # Past each image's content lies the pixel that "clip" normalisation maps to about 0.
+    padding = np.ones((4, 48, 48), bool)
+    for row, (height, width) in enumerate(batch["image_size"]):
+        padding[row, :height, :width] = False
+    assert padding.any()
+    np.testing.assert_array_equal(batch["image"][padding], np.broadcast_to(padding_pixel("clip"), (padding.sum(), 3)))
 
     assert detection_ground_truth(held_out, 3) == synthetic_ground_truth(held_out, 3)
     assert len(detection_ground_truth(detection_source(config, "eval"))["images"]) == 7

@@ -33,6 +33,7 @@ from clipjax.data.segmentation import (
     segmentation_train_example,
 )
 from clipjax.data.synthetic import CATEGORIES
+from clipjax.data.transforms import padding_pixel
 from clipjax.errors import ConfigError
 
 # (split, stem, scikit-image photo)
@@ -379,6 +380,7 @@ def config_for(kind: str, path: str = "", train_split: str = "train") -> ConfigD
                 "train_split": train_split,
                 "eval_split": "validation",
                 "flip": True,
+                "normalize": "clip",
                 "num_threads": 1,
                 "num_workers": 0,
                 "synthetic": {"num_examples": 10, "max_objects": 2},
@@ -398,6 +400,10 @@ def test_sources_and_batches_from_the_config(ade_root):
     assert batch["image"].shape == (4, 32, 32, 3) and batch["image"].dtype == np.uint8
     assert batch["label"].shape == (4, 32, 32) and batch["label"].dtype == np.uint8
     assert set(np.unique(batch["label"])) <= set(range(len(CATEGORIES) + 1)) | {IGNORE_LABEL}
+    # The synthetic scenes label every pixel, so "ignore" marks the padding: the pixel "clip" maps to 0.
+    padding = batch["label"] == IGNORE_LABEL
+    assert padding.any()
+    np.testing.assert_array_equal(batch["image"][padding], np.broadcast_to(padding_pixel("clip"), (padding.sum(), 3)))
 
     ade = segmentation_source(config_for("ade20k", ade_root), "train")  # "train" stands for "training"
     assert isinstance(ade, Ade20kSource) and len(ade) == 2 and ade.classes == ADE20K_CLASSES

@@ -3,11 +3,12 @@
 Training (`detection_train_example`) is ViTDet's large-scale jitter (detectron2's ResizeScale + FixedSizeCrop +
 RandomFlip): the image is resized to fit S x S times r ~ U(scale_range), keeping its aspect ratio, a random S x S
 window is cut where it is larger, it is flipped left-right with probability 1/2, and it sits at the top left of an
-S x S canvas padded with zeros at the bottom and right (where detectron2's model pads). Instance masks go through
-the same map; every box is the tight box of its transformed mask (detectron2's `recompute_boxes`, which LSJ
-configs turn on: a crop can leave the clipped original box loose around what is left of the object). Each
-instance's mask is stored cropped to its box and resampled to M x M, so that mask targets for any proposal can
-be sampled from it with the box as its frame.
+S x S canvas padded at the bottom and right (where detectron2's model pads) with `pad_pixel`: the pixel that
+normalises to zero (`transforms.padding_pixel`), as detectron2 pads the normalised image with 0. Instance
+masks go through the same map; every box is the tight box of its transformed mask (detectron2's
+`recompute_boxes`, which LSJ configs turn on: a crop can leave the clipped original box loose around what is
+left of the object). Each instance's mask is stored cropped to its box and resampled to M x M, so that mask
+targets for any proposal can be sampled from it with the box as its frame.
 
 Evaluation (`detection_eval_example`) resizes the longer side to S (keeping the aspect ratio) and pads; the
 evaluation maps predictions back to the original image with "scale" and scores them against the ground truth in
@@ -35,6 +36,7 @@ from clipjax.data.coco import CocoSource, instance_masks
 from clipjax.data.images import BadImage, record_image
 from clipjax.data.pipeline import configured_batches
 from clipjax.data.skips import skipped
+from clipjax.data.transforms import BLACK, padding_pixel
 from clipjax.errors import ConfigError
 
 DETECTION_KINDS = ("synthetic", "coco")
@@ -128,6 +130,7 @@ def detection_train_example(
     mask_size: int,
     scale_range: tuple[float, float] = SCALE_RANGE,
     flip: bool,
+    pad_pixel: tuple[int, int, int] = BLACK,
 ) -> dict[str, np.ndarray]:
     """One LSJ-augmented training example from a COCO record ({"image": bytes, "annotations", "height",
     "width"}) or a synthetic scene ({"image": uint8 [s, s, 3], "classes", "masks", "num_objects"}), or the skip
@@ -142,7 +145,7 @@ def detection_train_example(
     original order.
 
     Returns:
-      image       uint8 [S, S, 3]  content at the top left, zeros past image_size
+      image       uint8 [S, S, 3]  content at the top left, pad_pixel past image_size
       image_size  int32 [2]  (height, width) of the content
       boxes       float32 [N, 4]  (x0, y0, x1, y1), x1 / y1 exclusive: the tight box of each mask's pixels
                   in the S x S frame; zeros past the instances
@@ -170,7 +173,7 @@ def detection_train_example(
     scale = (resized[0] / height, resized[1] / width)
 
     pixels = resize_image(image, *resized)[offset[0] : offset[0] + content[0], offset[1] : offset[1] + content[1]]
-    out_image = np.zeros((image_size, image_size, 3), np.uint8)
+    out_image = np.full((image_size, image_size, 3), pad_pixel, np.uint8)
     out_image[: content[0], : content[1]] = pixels[:, ::-1] if flipped else pixels
 
     kept: list[tuple[int, np.ndarray, np.ndarray, int]] = []  # (class, box, M x M mask, area)
@@ -209,9 +212,11 @@ def detection_train_example(
     }
 
 
-def detection_eval_example(record: dict[str, Any], *, image_size: int) -> dict[str, np.ndarray]:
+def detection_eval_example(
+    record: dict[str, Any], *, image_size: int, pad_pixel: tuple[int, int, int] = BLACK
+) -> dict[str, np.ndarray]:
     """A COCO or synthetic record for evaluation: the image resized so that its longer side is `image_size`
-    (keeping the aspect ratio; `resize_image`) at the top left of a zero-padded S x S canvas.
+    (keeping the aspect ratio; `resize_image`) at the top left of an S x S canvas filled with `pad_pixel`.
 
     Returns:
       image          uint8 [S, S, 3]
@@ -228,7 +233,7 @@ def detection_eval_example(record: dict[str, Any], *, image_size: int) -> dict[s
     height, width = image.shape[:2]
     factor = image_size / max(height, width)
     size = (min(max(int(height * factor + 0.5), 1), image_size), min(max(int(width * factor + 0.5), 1), image_size))
-    out_image = np.zeros((image_size, image_size, 3), np.uint8)
+    out_image = np.full((image_size, image_size, 3), pad_pixel, np.uint8)
     out_image[: size[0], : size[1]] = resize_image(image, *size)
     return {
         "image": out_image,
@@ -313,7 +318,8 @@ def detection_dataset(
     """This host's LSJ-augmented batches (see `pipeline.host_batches`): {"image": uint8 [b, S, S, 3],
     "image_size": int32 [b, 2], "boxes": float32 [b, N, 4], "classes": int32 [b, N], "masks": uint8 [b, N, M, M],
     "__skipped__"} with S = config.model.image_size and N, M, the scale range from config.detection
-    (max_instances, mask_size, scale_range), flips with config.data.flip."""
+    (max_instances, mask_size, scale_range), flips with config.data.flip, padding with the pixel that
+    config.data.normalize maps to zero."""
     transform = functools.partial(
         detection_train_example,
         image_size=config.model.image_size,
@@ -321,6 +327,7 @@ def detection_dataset(
         mask_size=config.detection.mask_size,
         scale_range=tuple(config.detection.scale_range),
         flip=config.data.flip,
+        pad_pixel=padding_pixel(config.data.normalize),
     )
     return configured_batches(
         config, source, transform, process_index=process_index, process_count=process_count, start_sample=start_sample

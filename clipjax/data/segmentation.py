@@ -9,8 +9,9 @@ class).
 Training (`segmentation_train_example`) follows mmseg's ADE20K pipeline: RandomResize (scale (2048, 512) times
 r ~ U(0.5, 2), keeping the aspect ratio; image bilinear, label nearest so that no label is ever interpolated),
 RandomCrop with cat_max_ratio 0.75, RandomFlip 0.5, PhotoMetricDistortion (image only), then padding to the crop
-(image 0, label 255) at the bottom and right, where mmseg's data preprocessor pads. An image that does not decode
-is skipped as corrupt_image; a label that does not decode, or whose size differs from its image's, as
+at the bottom and right, where mmseg's data preprocessor pads: label 255, image `pad_pixel` (the pixel that
+normalises to zero, `transforms.padding_pixel`, as mmseg pads the normalised image with 0). An image that does
+not decode is skipped as corrupt_image; a label that does not decode, or whose size differs from its image's, as
 corrupt_label. Evaluation (`segmentation_eval_example`) resizes the image as mmseg's test Resize and keeps the
 label at the original resolution (predictions are resized back to it).
 """
@@ -31,6 +32,7 @@ from clipjax.data import synthetic
 from clipjax.data.images import BadImage, decode_map, record_image
 from clipjax.data.pipeline import configured_batches
 from clipjax.data.skips import skipped
+from clipjax.data.transforms import BLACK, padding_pixel
 from clipjax.errors import ConfigError
 
 SEGMENTATION_KINDS = ("synthetic", "ade20k")
@@ -301,6 +303,7 @@ def segmentation_train_example(
     flip: bool,
     photometric: bool,
     reduce_zero_label: bool,
+    pad_pixel: tuple[int, int, int] = BLACK,
 ) -> dict[str, Any]:
     """One augmented training pair from an ADE20K record ({"image": bytes, "label_png": bytes}) or a synthetic
     scene ({"image": uint8 [S, S, 3], "semantic": int32 [S, S]}), or the skip marker (corrupt_image,
@@ -308,7 +311,7 @@ def segmentation_train_example(
 
     mmseg's order: labels reduced (with `reduce_zero_label`), `random_resize` by r ~ U(ratio_range),
     `choose_crop`, a left-right flip of both with probability 1/2 (with `flip`), `photometric_distortion` of the
-    image (with `photometric`), and padding to crop_size at the bottom and right (image 0, label IGNORE_LABEL).
+    image (with `photometric`), and padding to crop_size at the bottom and right (image pad_pixel, label IGNORE_LABEL).
 
     Args:
       scale: the (long, short) base scale (ADE20K (2048, 512)), or None for the image's own size.
@@ -335,7 +338,7 @@ def segmentation_train_example(
     if photometric:
         image = photometric_distortion(image, rng)
     height, width = label.shape
-    out_image = np.zeros((crop_size, crop_size, 3), np.uint8)
+    out_image = np.full((crop_size, crop_size, 3), pad_pixel, np.uint8)
     out_label = np.full((crop_size, crop_size), IGNORE_LABEL, np.uint8)
     out_image[:height, :width] = image
     out_label[:height, :width] = label
@@ -394,7 +397,8 @@ def segmentation_dataset(
 ) -> grain.IterDataset:
     """This host's augmented segmentation batches {"image": uint8 [b, S, S, 3], "label": uint8 [b, S, S],
     "__skipped__"} with S = config.model.image_size (see `pipeline.host_batches`); ADE20K is resized around
-    config.segmentation.scale and its labels reduced, the synthetic scenes around their own size."""
+    config.segmentation.scale and its labels reduced, the synthetic scenes around their own size; padding is
+    the pixel that config.data.normalize maps to zero."""
     # Keys config.segmentation lacks take mmseg's ADE20K values.
     settings = config.get("segmentation") or ConfigDict()
     ade20k = config.data.kind == "ade20k"
@@ -407,6 +411,7 @@ def segmentation_dataset(
         flip=config.data.flip,
         photometric=settings.get("photometric", True),
         reduce_zero_label=ade20k,
+        pad_pixel=padding_pixel(config.data.normalize),
     )
     return configured_batches(
         config, source, transform, process_index=process_index, process_count=process_count, start_sample=start_sample

@@ -28,7 +28,7 @@ from jax.sharding import Mesh
 from PIL import Image
 
 from clipjax.data.images import BadImage
-from clipjax.data.transforms import normalize_images
+from clipjax.data.transforms import normalize_images, padding_pixel
 from clipjax.evals.batches import eval_batches, load_or_stop
 from clipjax.evals.segmentation_metrics import IGNORE_INDEX, confusion_matrix, segmentation_metrics
 from clipjax.evals.sliding import window_starts
@@ -70,7 +70,7 @@ def predict_canvas(
 
     Args:
       predict: images [N, S, S, 3] -> logits [N, S/r, S/r, K] (any stride r; resized to S bilinearly).
-      images: [B, Hc, Wc, 3] float, each image in its top-left [h, w] corner, zeros beyond.
+      images: [B, Hc, Wc, 3] float, each image in its top-left [h, w] corner, normalised padding beyond.
       sizes: int32 [B, 2], each image's (h, w).
       mode: "whole" (predict the canvas at once; the model must accept its size) or "slide".
       window, stride: the windows' side and step (slide).
@@ -175,6 +175,7 @@ class SegmentationEvaluator:
         self._batch_size, self._num_examples, self._num_threads = batch_size, num_examples, num_threads
         self._bucket, self._window, self._num_classes = bucket, window, num_classes
         self._class_names, self._groups = class_names, None
+        self._pad_pixel = padding_pixel(normalize)
         self.last_details: dict[str, Any] = {}
 
         def confusion(variables: Any, batch: dict[str, jax.Array]) -> jax.Array:
@@ -214,7 +215,7 @@ class SegmentationEvaluator:
             subset = _Subset(self._source, indices)
             batches = eval_batches(
                 subset,
-                _padded(self._load, (ch, cw), (lh, lw)),
+                _padded(self._load, (ch, cw), (lh, lw), self._pad_pixel),
                 self._mesh,
                 batch_size=self._batch_size,
                 num_threads=self._num_threads,
@@ -239,15 +240,18 @@ class _Subset:
 
 
 def _padded(
-    load: Callable[[Any], dict[str, np.ndarray]], canvas: tuple[int, int], label_canvas: tuple[int, int]
+    load: Callable[[Any], dict[str, np.ndarray]],
+    canvas: tuple[int, int],
+    label_canvas: tuple[int, int],
+    pad_pixel: tuple[int, int, int],
 ) -> Callable[[Any], dict[str, np.ndarray]]:
-    """`load` with the image placed in a zero `canvas` and the label in an ignore-filled `label_canvas`,
-    their true sizes beside them ("size", "label_size": int32 [2])."""
+    """`load` with the image placed in a `canvas` filled with `pad_pixel` and the label in an ignore-filled
+    `label_canvas`, their true sizes beside them ("size", "label_size": int32 [2])."""
 
     def padded(record: Any) -> dict[str, np.ndarray]:
         example = load_or_stop(load, record)
         image, label = example["image"], example["label"]
-        out_image = np.zeros((*canvas, 3), np.uint8)
+        out_image = np.full((*canvas, 3), pad_pixel, np.uint8)
         out_image[: image.shape[0], : image.shape[1]] = image
         out_label = np.full(label_canvas, IGNORE_INDEX, np.uint8)
         out_label[: label.shape[0], : label.shape[1]] = label

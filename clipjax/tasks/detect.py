@@ -31,7 +31,7 @@ from clipjax.data.detection import (
     detection_ground_truth,
     detection_source,
 )
-from clipjax.data.transforms import normalize_images
+from clipjax.data.transforms import normalize_images, padding_pixel
 from clipjax.evals.detection import DetectionEvaluator
 from clipjax.heads.detection.mask_rcnn import MaskRCNN, build_detector
 from clipjax.train.init import read_metadata
@@ -95,7 +95,11 @@ def run(config: ConfigDict, workdir: str, mesh: Mesh) -> Metrics:
         make_predict(model, config.data.normalize),
         mesh,
         eval_source,
-        functools.partial(detection_eval_example, image_size=config.model.image_size),
+        functools.partial(
+            detection_eval_example,
+            image_size=config.model.image_size,
+            pad_pixel=padding_pixel(config.data.normalize),
+        ),
         ground_truth=detection_ground_truth(eval_source, config.finetune.eval_examples),
         category_ids=category_ids(eval_source),
         batch_size=config.finetune.eval_batch_size,
