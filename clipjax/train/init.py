@@ -24,6 +24,7 @@ from ml_collections import ConfigDict
 
 from clipjax.errors import ConfigError, UserError
 from clipjax.models.scan_layout import match_block_layout
+from clipjax.train.checkpoint import save_whole_arrays_on_cpu
 
 METADATA_FILE = "clipjax_init.json"
 
@@ -45,6 +46,7 @@ def save_converted(
     target = os.path.join(os.path.abspath(directory), "params")
     if os.path.exists(target):
         raise UserError(f"{directory} already holds converted parameters; choose a new --workdir")
+    save_whole_arrays_on_cpu()
     try:
         os.makedirs(directory, exist_ok=True)
         with ocp.StandardCheckpointer() as checkpointer:
