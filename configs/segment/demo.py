@@ -9,7 +9,8 @@ The ADE20K recipe's machinery at toy scale on 2 CPU cores: 11 classes (backgroun
 head, random resize (0.5-2x) + crop with the one-class cap, flips, photometric distortion, warmup then
 polynomial decay, layer decay 0.9; mIoU / mAcc / aAcc over 200 held-out scenes every 100 steps, whole
 images (one window each), the best weights kept in <workdir>/best. At this size (a 4 x 4 patch grid) 300
-steps separate the shapes from the background well but tell few shapes apart: mIoU about 0.14.
+steps separate the shapes from the background well but tell few shapes apart: mIoU 0.11, pixel accuracy 0.90
+(2 cores, 2 minutes, 2026-12-05).
 """
 
 from ml_collections import ConfigDict
