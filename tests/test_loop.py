@@ -15,6 +15,7 @@ import pytest
 from ml_collections import ConfigDict
 
 from clipjax.data.pipeline import host_batches
+from clipjax.data.skips import skipped
 from clipjax.defaults import base_config
 from clipjax.errors import ConfigError, Preempted, UserError
 from clipjax.parallel import make_mesh
@@ -26,10 +27,11 @@ NUM_SAMPLES = 50
 
 
 class Samples:
-    """Sample i is the vector [i, i, i, i]; a listed index is NaN, and one index can send SIGTERM."""
+    """Sample i is the vector [i, i, i, i]; a listed index is NaN or unusable (skipped as a corrupt image),
+    and one index can send SIGTERM."""
 
-    def __init__(self, nan_at=(), sigterm_at=None):
-        self.nan_at, self.sigterm_at = set(nan_at), sigterm_at
+    def __init__(self, nan_at=(), sigterm_at=None, corrupt_at=()):
+        self.nan_at, self.sigterm_at, self.corrupt_at = set(nan_at), sigterm_at, set(corrupt_at)
 
     def __len__(self):
         return NUM_SAMPLES
@@ -37,6 +39,8 @@ class Samples:
     def __getitem__(self, index):
         if index == self.sigterm_at:
             os.kill(os.getpid(), signal.SIGTERM)
+        if index in self.corrupt_at:
+            return skipped("corrupt_image")
         value = np.nan if index in self.nan_at else float(index)
         return {"x": np.full(4, value, np.float32), "id": np.int32(index)}
 
@@ -153,6 +157,19 @@ def test_changing_the_batch_size_continues_at_the_first_unseen_sample(tmp_path, 
     # log_every=2: each row averages two steps' id sums; the last row holds step 9 alone.
     assert rows[-2]["train/id_sum"] == (order[24:32].sum() + order[32:40].sum()) / 2
     assert rows[-1]["train/id_sum"] == order[40:48].sum()
+
+
+def test_changing_the_batch_size_continues_after_the_records_read_including_skipped_ones(tmp_path, capsys):
+    order = global_order()
+    corrupt = Samples(corrupt_at=[int(order[5]), int(order[17])])  # two records among the first 6 steps' reads
+    run(tmp_path, corrupt, total_steps=6)  # 24 samples at batch 4, read from the first 26 records
+    run(tmp_path, corrupt, total_steps=9, batch_size=8)
+    assert "data continues at sample 26 (24 trained on, 2 skipped)" in capsys.readouterr().out
+    rows = [r for r in read_metrics(str(tmp_path)) if "train/id_sum" in r]
+    # Neither a record read before the change nor one after it is skipped or read twice.
+    assert rows[-2]["train/id_sum"] == (order[26:34].sum() + order[34:42].sum()) / 2
+    assert rows[-1]["train/id_sum"] == order[42:50].sum()
+    assert rows[-1]["data/skipped_corrupt_image"] == 2
 
 
 def test_incompatible_config_or_model_is_refused_and_nothing_is_deleted(tmp_path):

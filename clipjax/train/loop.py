@@ -320,14 +320,17 @@ def _init_or_resume(
         data_iterator = iter(task.dataset(0))
         state = checkpointer.restore(step, target, data_iterator)
     else:
-        # The iterator position counts batches of the old layout; continue from the samples seen instead.
-        data_iterator = iter(task.dataset(carried["samples_seen"]))
+        # The iterator position counts batches of the old layout; continue after the records read instead:
+        # the samples trained on plus the unusable ones the pipeline dropped on the way (all hosts').
+        dropped = sum(carried.get("data_skipped", {}).values())
+        records_read = carried["samples_seen"] + dropped
+        data_iterator = iter(task.dataset(records_read))
         state = checkpointer.restore(step, target, None)
         if jax.process_index() == 0:
             print(
                 f"resuming step {step} with global batch {config.batch_size} on {jax.process_count()} host(s) "
                 f"(was {carried['batch_size']} on {carried['process_count']}): data continues at sample "
-                f"{carried['samples_seen']}",
+                f"{records_read} ({carried['samples_seen']} trained on, {dropped} skipped)",
                 flush=True,
             )
     return state, data_iterator, carried
