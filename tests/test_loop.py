@@ -170,6 +170,12 @@ def test_changing_the_batch_size_continues_after_the_records_read_including_skip
     assert rows[-2]["train/id_sum"] == (order[26:34].sum() + order[34:42].sum()) / 2
     assert rows[-1]["train/id_sum"] == order[42:50].sum()
     assert rows[-1]["data/skipped_corrupt_image"] == 2
+    # Resumed again without a change, the stream is rebuilt from where the changed run started it: steps
+    # 10-12 read on from record 50 (the second epoch, where the two records are skipped again).
+    run(tmp_path, corrupt, total_steps=12, batch_size=8, log_every=1)
+    usable = [i for i in order if i not in corrupt.corrupt_at]
+    rows = [r for r in read_metrics(str(tmp_path)) if "train/id_sum" in r and r["step"] > 9]
+    assert [r["train/id_sum"] for r in rows] == [sum(usable[k : k + 8]) for k in (48, 56, 64)]
 
 
 def test_incompatible_config_or_model_is_refused_and_nothing_is_deleted(tmp_path):

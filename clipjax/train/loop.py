@@ -8,7 +8,8 @@ the progress bar.
 Resuming is exact: the checkpoint holds the state, the data iterator position and the metrics of the
 logging window in progress, so a run killed at any moment and restarted with the same command logs the
 same `train/loss` sequence and ends with the same parameters as an uninterrupted run. If the global
-batch size or the number of hosts changed, the data restarts at the first sample not yet seen.
+batch size or the number of hosts changed, the data restarts at the first record not yet read (exactly on
+one host; with several, to within the difference between the numbers of records they skipped).
 """
 
 from __future__ import annotations
@@ -58,8 +59,8 @@ class Task:
     init_state: rng key (uint32 [2]) -> TrainState; jitted by the loop so parameters are born sharded.
     train_step: (TrainState, batch dict of global arrays) -> (TrainState, scalar metrics); jitted by the
       loop with the state donated. It should update through `TrainState.apply_gradients`.
-    dataset: start_sample -> this host's batches from global sample `start_sample` on; the iterator's
-      position is checkpointed.
+    dataset: start_sample -> this host's batches from global record `start_sample` on; the iterator's
+      position (counted from that start) is checkpointed.
     evaluate: model variables ({"params": ..., ...}) -> metrics (e.g. {"eval/zeroshot_top1": 0.6}); run every
       eval_every steps and at the end.
     examples_per_step: global examples per step, for the throughput metric named `throughput_key`.
@@ -212,6 +213,9 @@ def train(config: ConfigDict, workdir: str, mesh: Mesh, task: Task) -> Metrics:
     writer = MetricWriter(workdir, resume_step=resume_step or 0)
     start = int(state.step)
     samples_seen = carried["samples_seen"]
+    # The record this run's data stream started at (non-zero after a layout change): the iterator's saved
+    # position counts from it, so a later resume must rebuild the stream from the same record.
+    data_start = carried.get("data_start", 0)
     # Unusable records dropped by the pipeline, by reason: all hosts' counts up to the checkpoint (kept by
     # host 0 only, so that summing over hosts counts them once) plus this host's since.
     skipped = Counter(carried.get("data_skipped", {}) if jax.process_index() == 0 else {})
@@ -266,6 +270,7 @@ def train(config: ConfigDict, workdir: str, mesh: Mesh, task: Task) -> Metrics:
                     window = _host_window(window, done, config.max_bad_steps, checkpointer)
                     loop = {
                         "samples_seen": samples_seen,
+                        "data_start": data_start,
                         "batch_size": config.batch_size,
                         "process_count": jax.process_count(),
                         # A copy: the loop appends the next steps' metrics to `window` while the save
@@ -317,13 +322,15 @@ def _init_or_resume(
     check_shapes(checkpointer.saved_shapes(step), abstract_shapes(target), step, checkpointer.directory)
     same_layout = carried["batch_size"] == config.batch_size and carried["process_count"] == jax.process_count()
     if same_layout:
-        data_iterator = iter(task.dataset(0))
+        data_iterator = iter(task.dataset(carried.get("data_start", 0)))
         state = checkpointer.restore(step, target, data_iterator)
     else:
         # The iterator position counts batches of the old layout; continue after the records read instead:
         # the samples trained on plus the unusable ones the pipeline dropped on the way (all hosts').
+        # Exact on one host; hosts that skipped different numbers of records had read unequally far.
         dropped = sum(carried.get("data_skipped", {}).values())
         records_read = carried["samples_seen"] + dropped
+        carried["data_start"] = records_read
         data_iterator = iter(task.dataset(records_read))
         state = checkpointer.restore(step, target, None)
         if jax.process_index() == 0:
