@@ -17,7 +17,7 @@ import pytest
 from clipjax.config import load_config
 from clipjax.data.coco import CocoSource
 from clipjax.data.detection import category_ids, detection_eval_example, detection_train_example
-from clipjax.data.transforms import normalize_images
+from clipjax.data.transforms import normalize_images, padding_pixel
 from clipjax.errors import ConfigError
 from clipjax.evals.detection import DetectionEvaluator
 from clipjax.heads.detection.mask_rcnn import DetectorSettings, MaskRCNN
@@ -77,7 +77,7 @@ def test_mask_rcnn_overfits_real_photos_to_high_box_and_mask_ap(coco_root):
         lambda variables, b: model.apply(variables, normalize_images(b["image"], "clip"), b["image_size"]),
         make_mesh({"data": -1, "fsdp": 1}, jax.devices()[:1]),
         source,
-        functools.partial(detection_eval_example, image_size=SIZE),
+        functools.partial(detection_eval_example, image_size=SIZE, pad_pixel=padding_pixel("clip")),
         ground_truth=source.annotation_file,
         category_ids=category_ids(source),
         batch_size=3,

@@ -9,6 +9,7 @@ import torch
 
 from clipjax.evals.segmentation import (
     SegmentationEvaluator,
+    _flip_valid,
     canvas_side,
     logits_at_label_size,
     predict_canvas,
@@ -139,3 +140,12 @@ def test_evaluator_counts_exactly_over_images_of_many_sizes(flip):
     # or two of the ~10,000 (without the flip test the counts agree exactly).
     assert got == pytest.approx(want, abs=0 if not flip else 3e-4)
     assert canvas_side(33, 16, 32) == 48 and canvas_side(20, 16, 32) == 32 and canvas_side(70, 16) == 80
+
+
+def test_the_flip_test_mirrors_the_image_and_keeps_its_padding():
+    canvas = np.random.default_rng(0).random((3, 6, 2)).astype(np.float32)
+    canvas[:, 4:] = 0.25  # an image 4 columns wide, padded to 6
+    mirrored = np.asarray(_flip_valid(jnp.asarray(canvas), jnp.int32(4)))
+    np.testing.assert_array_equal(mirrored[:, :4], canvas[:, 3::-1])
+    np.testing.assert_array_equal(mirrored[:, 4:], canvas[:, 4:])
+    np.testing.assert_array_equal(np.asarray(_flip_valid(jnp.asarray(mirrored), jnp.int32(4))), canvas)

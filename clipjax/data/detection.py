@@ -213,7 +213,7 @@ def detection_train_example(
 
 
 def detection_eval_example(
-    record: dict[str, Any], *, image_size: int, pad_pixel: tuple[int, int, int] = BLACK
+    record: dict[str, Any], *, image_size: int, pad_pixel: tuple[int, int, int]
 ) -> dict[str, np.ndarray]:
     """A COCO or synthetic record for evaluation: the image resized so that its longer side is `image_size`
     (keeping the aspect ratio; `resize_image`) at the top left of an S x S canvas filled with `pad_pixel`.

@@ -44,9 +44,12 @@ def canvas_side(length: int, bucket: int, minimum: int = 1) -> int:
 
 
 def _flip_valid(x: jax.Array, width: jax.Array) -> jax.Array:
-    """Mirrors the first `width` columns of x [H, W, ...] (the image; what lies beyond is padding)."""
-    columns = jnp.clip(width - 1 - jnp.arange(x.shape[1]), 0, x.shape[1] - 1)
-    return jnp.take(x, columns, axis=1)
+    """Mirrors the first `width` columns of x [H, W, ...] (the image) and leaves the columns beyond (the
+    padding) as they are, so that the mirrored image is padded as the original is."""
+    columns = jnp.arange(x.shape[1])
+    mirrored = jnp.take(x, jnp.clip(width - 1 - columns, 0, x.shape[1] - 1), axis=1)
+    inside = (columns < width).reshape((1, -1) + (1,) * (x.ndim - 2))
+    return jnp.where(inside, mirrored, x)
 
 
 def _replicate_edges(x: jax.Array, height: jax.Array, width: jax.Array) -> jax.Array:
