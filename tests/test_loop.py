@@ -151,7 +151,7 @@ def test_sigterm_saves_the_current_step_and_the_rerun_finishes_bit_identical(tmp
 def test_changing_the_batch_size_continues_at_the_first_unseen_sample(tmp_path, capsys):
     run(tmp_path, total_steps=6)  # 24 samples at batch 4
     run(tmp_path, total_steps=9, batch_size=8)  # 3 more steps of 8
-    assert "data continues at sample 24" in capsys.readouterr().out
+    assert "data continues at record 24" in capsys.readouterr().out
     order = global_order()
     rows = [r for r in read_metrics(str(tmp_path)) if "train/id_sum" in r]
     # log_every=2: each row averages two steps' id sums; the last row holds step 9 alone.
@@ -164,7 +164,7 @@ def test_changing_the_batch_size_continues_after_the_records_read_including_skip
     corrupt = Samples(corrupt_at=[int(order[5]), int(order[17])])  # two records among the first 6 steps' reads
     run(tmp_path, corrupt, total_steps=6)  # 24 samples at batch 4, read from the first 26 records
     run(tmp_path, corrupt, total_steps=9, batch_size=8)
-    assert "data continues at sample 26 (24 trained on, 2 skipped)" in capsys.readouterr().out
+    assert "data continues at record 26 (24 trained on, 2 skipped)" in capsys.readouterr().out
     rows = [r for r in read_metrics(str(tmp_path)) if "train/id_sum" in r]
     # Neither a record read before the change nor one after it is skipped or read twice.
     assert rows[-2]["train/id_sum"] == (order[26:34].sum() + order[34:42].sum()) / 2

@@ -336,7 +336,7 @@ def _init_or_resume(
         if jax.process_index() == 0:
             print(
                 f"resuming step {step} with global batch {config.batch_size} on {jax.process_count()} host(s) "
-                f"(was {carried['batch_size']} on {carried['process_count']}): data continues at sample "
+                f"(was {carried['batch_size']} on {carried['process_count']}): data continues at record "
                 f"{records_read} ({carried['samples_seen']} trained on, {dropped} skipped)",
                 flush=True,
             )
