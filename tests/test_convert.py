@@ -104,6 +104,29 @@ def test_pt_and_safetensors_files_read_alike(tmp_path):
         np.testing.assert_array_equal(loaded["a.weight"], tensors["a.weight"])
 
 
+def test_bfloat16_and_float16_safetensors_convert_to_float32_parameters(tmp_path):
+    # Released weights are often bf16: torch writes the file, torch's own cast to float32 is the oracle.
+    from safetensors.torch import save_file
+
+    _, state_dict = reference("ViT-B-32")
+    stored = {
+        k: torch.tensor(v).to(torch.bfloat16 if k.startswith("visual.") else torch.float16)
+        for k, v in state_dict.items()
+    }
+    save_file(stored, str(tmp_path / "model.safetensors"))
+    loaded = read_state_dict(str(tmp_path / "model.safetensors"))
+    assert sorted(loaded) == sorted(stored)
+    for key, value in stored.items():
+        assert loaded[key].dtype == np.float32
+        np.testing.assert_array_equal(loaded[key], value.float().numpy())
+    assert not np.array_equal(loaded["visual.proj"], state_dict["visual.proj"])  # really rounded to bf16
+    config = open_clip_model_config("ViT-B-32")
+    got = convert_open_clip(loaded, config)
+    want = convert_open_clip({k: v.float().numpy() for k, v in stored.items()}, config)
+    assert all(a.dtype == np.float32 for a in jax.tree.leaves(got))
+    jax.tree.map(np.testing.assert_array_equal, got, want)
+
+
 def test_convert_then_evaluate_zero_shot_from_the_command_line(tmp_path, repo_root, capsys):
     from safetensors.numpy import save_file
 

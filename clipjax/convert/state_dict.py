@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
+import ml_dtypes
 import numpy as np
 
 from clipjax.errors import ConfigError, UserError
@@ -16,8 +17,9 @@ class ConversionError(ConfigError):
 
 
 def read_state_dict(path: str) -> dict[str, np.ndarray]:
-    """{name: float32 numpy array} from a `.safetensors` file (read without PyTorch) or a `.pt` / `.pth` /
-    `.bin` file (PyTorch needed, weights only; a {"state_dict": ...} wrapper is unwrapped).
+    """{name: float32 numpy array} from a `.safetensors` file (read without PyTorch; float32, float16,
+    bfloat16 and the other numeric dtypes, so released bf16 weights convert to clipjax's float32 parameters)
+    or a `.pt` / `.pth` / `.bin` file (PyTorch needed, weights only; a {"state_dict": ...} wrapper is unwrapped).
 
     Raises:
       UserError: the file is missing, unreadable, or needs PyTorch that is not installed.
@@ -25,13 +27,7 @@ def read_state_dict(path: str) -> dict[str, np.ndarray]:
     if not os.path.isfile(path):
         raise UserError(f"checkpoint {path} does not exist")
     if path.endswith(".safetensors"):
-        from safetensors.numpy import load_file
-
-        try:
-            tensors = load_file(path)
-        except Exception as e:  # safetensors raises its own error types for malformed headers
-            raise UserError(f"cannot read {path} as safetensors: {e}") from None
-        return {name: np.asarray(value, np.float32) for name, value in tensors.items()}
+        return _read_safetensors(path)
     try:
         import torch
     except ImportError:
@@ -52,6 +48,45 @@ def read_state_dict(path: str) -> dict[str, np.ndarray]:
         for name, value in loaded.items()
         if hasattr(value, "detach")
     }
+
+
+# safetensors' dtype names and their numpy types: numpy has no bfloat16 or float8, ml_dtypes (which JAX brings)
+# does, so `safetensors.numpy` refuses files that `_read_safetensors` reads.
+SAFETENSORS_DTYPES = {
+    "F64": np.float64,
+    "F32": np.float32,
+    "F16": np.float16,
+    "BF16": ml_dtypes.bfloat16,
+    "F8_E4M3": ml_dtypes.float8_e4m3fn,
+    "F8_E5M2": ml_dtypes.float8_e5m2,
+    "I64": np.int64,
+    "I32": np.int32,
+    "I16": np.int16,
+    "I8": np.int8,
+    "U8": np.uint8,
+    "BOOL": np.bool_,
+}
+
+
+def _read_safetensors(path: str) -> dict[str, np.ndarray]:
+    """{name: float32 array} of a .safetensors file, whatever numeric dtype each tensor is stored in."""
+    import safetensors
+
+    try:
+        with open(path, "rb") as f:
+            tensors = safetensors.deserialize(f.read())
+    except Exception as e:  # safetensors raises its own error types for malformed headers
+        raise UserError(f"cannot read {path} as safetensors: {e}") from None
+    state_dict = {}
+    for name, tensor in tensors:
+        dtype = SAFETENSORS_DTYPES.get(tensor["dtype"])
+        if dtype is None:
+            raise UserError(
+                f"cannot read {path}: tensor {name} has data type {tensor['dtype']}, which clipjax does not convert"
+            )
+        array = np.frombuffer(tensor["data"], dtype=dtype).reshape(tensor["shape"])
+        state_dict[name] = array.astype(np.float32)
+    return state_dict
 
 
 class StateDictReader:
