@@ -77,6 +77,35 @@ def test_best_weights_survive_a_crash_between_the_renames_of_their_replacement(t
     assert read_metadata(best)["value"] == 0.5
 
 
+def test_init_finds_a_runs_checkpoints_through_its_config_or_as_the_checkpoint_directory(smoke_pretraining, tmp_path):
+    """A run that wrote its checkpoints elsewhere (--config.checkpoint_dir, e.g. a bucket) is found through the
+    config.json of its workdir; the checkpoint directory itself is accepted too; a save in progress is not read."""
+    import shutil
+
+    smoke, status, _ = smoke_pretraining
+    assert status == 0
+    workdir, elsewhere = tmp_path / "run", tmp_path / "bucket" / "ckpt"
+    os.makedirs(workdir)
+    shutil.copy(os.path.join(smoke, "config.json"), workdir / "config.json")
+    shutil.copytree(os.path.join(smoke, "checkpoints"), elsewhere)
+    (elsewhere / "99999.orbax-checkpoint-tmp-1").mkdir()  # a save cut short: never the newest step
+    with open(workdir / "config.json") as f:
+        config = json.load(f)
+    with open(workdir / "config.json", "w") as f:
+        json.dump({**config, "checkpoint_dir": str(elsewhere)}, f)
+    want = read_saved_variables(smoke)
+    step = max(int(name) for name in os.listdir(os.path.join(smoke, "checkpoints")) if name.isdigit())
+    for init in (str(workdir), str(elsewhere)):
+        metadata = read_metadata(init)
+        assert metadata["model"] == config["model"] and metadata["normalize"] == config["data"]["normalize"]
+        assert metadata["source"] == f"{init} step {step}"
+        jax.tree.map(np.testing.assert_array_equal, read_saved_variables(init), want)
+    with open(workdir / "config.json", "w") as f:
+        json.dump({**config, "checkpoint_dir": str(tmp_path / "gone")}, f)
+    with pytest.raises(ConfigError, match="its config.json names .*gone"):
+        read_metadata(str(workdir))
+
+
 def test_transplant_reports_what_it_loaded_resized_initialised_and_left_unused():
     rng = np.random.default_rng(0)
     grid = np.full((4, 8), 0.5, np.float32)  # a constant 2 x 2 grid stays constant when resized

@@ -3,7 +3,8 @@
 A converted checkpoint (written by `python -m clipjax.convert`) is a directory holding `params/` (an orbax
 checkpoint of the model's variables: {"params": ..., and e.g. "batch_stats": ...}) and `clipjax_init.json`
 ({"model": config.model, "normalize": ..., "source": ..., "towers": ["image", "text"] or ["image"]}). A
-training workdir holds `config.json` and `checkpoints/<step>/state`; its newest checkpoint's parameters (and
+training workdir holds `config.json`, whose `checkpoint_dir` (or else `<workdir>/checkpoints`) holds
+`<step>/state`; the checkpoint directory itself is accepted too. The newest checkpoint's parameters (and
 other model variables) are read without the optimizer state.
 """
 
@@ -60,29 +61,68 @@ def save_converted(
 
 def read_metadata(directory: str) -> dict[str, Any]:
     """{"model": config.model as a dict, "normalize": "clip" | "none", "source": str, "towers": [...]} of an
-    init directory.
+    init directory: a converted checkpoint, a training workdir or a training run's checkpoint directory.
 
     Raises:
-      ConfigError: `directory` is neither a converted checkpoint nor a training workdir with a checkpoint.
+      ConfigError: `directory` is none of these, or the run it names has no complete checkpoint.
     """
     converted = os.path.join(directory, METADATA_FILE)
     if os.path.isfile(converted):
         with open(converted, encoding="utf-8") as f:
             return json.load(f)
+    run = training_run(directory)
+    return {
+        "model": run.config["model"],
+        "normalize": run.config["data"]["normalize"],
+        "source": f"{directory} step {run.step}",
+    }
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingRun:
+    """A training run's newest complete checkpoint: its directory of steps (local or a URL orbax reads),
+    the step, and the run's config (a dict)."""
+
+    checkpoints: str
+    step: int
+    config: dict[str, Any]
+
+    @property
+    def state_path(self) -> str:
+        return os.path.join(self.checkpoints, str(self.step), "state")
+
+
+def training_run(directory: str) -> TrainingRun:
+    """The run `directory` names: a workdir (its config.json says where the checkpoints went:
+    `config.checkpoint_dir`, e.g. gs://..., or <workdir>/checkpoints), or a checkpoint directory itself (the
+    run's config is read from the newest checkpoint). Steps are found by orbax, so a save still in progress
+    or cut short is never taken.
+
+    Raises:
+      ConfigError: no complete checkpoint in the directory the run names, or not a run at all.
+    """
     config_file = os.path.join(directory, "config.json")
-    step = _latest_step(directory)
-    if os.path.isfile(config_file) and step is not None:
+    config = None
+    if os.path.isfile(config_file):
         with open(config_file, encoding="utf-8") as f:
             config = json.load(f)
-        return {
-            "model": config["model"],
-            "normalize": config["data"]["normalize"],
-            "source": f"{directory} step {step}",
-        }
-    raise ConfigError(
-        f"config.init={directory!r} is neither a converted checkpoint ({METADATA_FILE}) nor a training workdir "
-        "with checkpoints; convert one with `python -m clipjax.convert` or point at a pretraining --workdir"
-    )
+        checkpoints = config.get("checkpoint_dir") or os.path.join(directory, "checkpoints")
+    else:
+        checkpoints = directory
+    if "://" not in checkpoints:
+        checkpoints = os.path.abspath(checkpoints)
+    step = _latest_step(checkpoints)
+    if step is None:
+        where = f"; its config.json names {checkpoints}" if config is not None else ""
+        raise ConfigError(
+            f"config.init={directory!r} is neither a converted checkpoint ({METADATA_FILE}) nor a training workdir "
+            f"or checkpoint directory with a complete checkpoint{where}; convert one with `python -m clipjax.convert` "
+            "or point at a pretraining --workdir"
+        )
+    if config is None:
+        with ocp.Checkpointer(ocp.JsonCheckpointHandler()) as checkpointer:
+            config = checkpointer.restore(os.path.join(checkpoints, str(step), "loop"))["config"]
+    return TrainingRun(checkpoints, step, config)
 
 
 def load_variables(directory: str, target: Any) -> dict[str, Any]:
@@ -96,11 +136,9 @@ def load_variables(directory: str, target: Any) -> dict[str, Any]:
             )
     # A training checkpoint's state holds the same variables as params + model_state, beside optimizer state.
     wanted = {"params": target["params"], "model_state": {k: v for k, v in target.items() if k != "params"}}
-    step = _latest_step(directory)
-    state_dir = os.path.join(os.path.abspath(directory), "checkpoints", str(step), "state")
     with ocp.PyTreeCheckpointer() as checkpointer:
         restored = checkpointer.restore(
-            state_dir,
+            training_run(directory).state_path,
             args=ocp.args.PyTreeRestore(
                 wanted, restore_args=ocp.checkpoint_utils.construct_restore_args(wanted), partial_restore=True
             ),
@@ -108,12 +146,13 @@ def load_variables(directory: str, target: Any) -> dict[str, Any]:
     return {"params": restored["params"], **restored.get("model_state", {})}
 
 
-def _latest_step(workdir: str) -> int | None:
-    directory = os.path.join(workdir, "checkpoints")
-    if not os.path.isdir(directory):
+def _latest_step(checkpoints: str) -> int | None:
+    """The newest finalized step in a directory of orbax steps (None if there is none, or no directory)."""
+    try:
+        found = ocp.path.step.latest_step_metadata(checkpoints, ocp.path.step.standard_name_format())
+    except (FileNotFoundError, NotADirectoryError):
         return None
-    steps = [int(name) for name in os.listdir(directory) if name.isdigit()]
-    return max(steps) if steps else None
+    return None if found is None else found.step
 
 
 def abstract_variables(model: Any, config: ConfigDict, sharding_of: Any) -> dict[str, Any]:
@@ -135,15 +174,12 @@ def read_saved_variables(directory: str) -> dict[str, Any]:
     checkpoint) as host numpy arrays, {"params": ..., other collections}, without reading optimizer state.
 
     Raises:
-      ConfigError: `directory` holds neither (see `read_metadata`).
+      ConfigError: `directory` holds neither (see `training_run`).
     """
-    read_metadata(directory)  # names what is wrong with a directory that is neither
     if os.path.isfile(os.path.join(directory, METADATA_FILE)):
         path, collections = os.path.join(os.path.abspath(directory), "params"), None
     else:
-        step = _latest_step(directory)
-        path = os.path.join(os.path.abspath(directory), "checkpoints", str(step), "state")
-        collections = ("params", "model_state")
+        path, collections = training_run(directory).state_path, ("params", "model_state")
     with ocp.PyTreeCheckpointer() as checkpointer:
         tree = checkpointer.metadata(path).item_metadata.tree
         wanted = {key: value for key, value in tree.items() if collections is None or key in collections}
