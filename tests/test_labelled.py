@@ -137,3 +137,51 @@ def test_image_folder_labels_are_sorted_class_directories(tmp_path):
     assert source[1]["image"] == files["n02/a.jpg"]
     with pytest.raises(ConfigError, match="does not exist"):
         ImageFolderSource(str(tmp_path / "absent"))
+
+
+def test_data_of_another_layout_is_refused_naming_the_kind_and_argument_to_use(tmp_path):
+    """An ImageFolder tree read as TFDS (the ImageNet configs' default) and the other way round, a COCO root
+    given to segmentation, an ImageFolder given to zero-shot TFDS: one line naming the kind that fits."""
+    from clipjax.config import load_config
+    from clipjax.data.classification import classification_source
+    from clipjax.data.layouts import recognise
+    from clipjax.data.segmentation import segmentation_source
+    from clipjax.evals.setup import make_evaluator
+    from clipjax.parallel import make_mesh
+
+    image = encode(photos()["chelsea"], "jpg")
+    folder, tfds, coco, nyu, empty = (str(tmp_path / name) for name in ("in1k", "tfds", "coco", "nyu", "empty"))
+    write_folder(folder, {"train/n01/a.JPEG": image, "val/n01/b.JPEG": image})
+    write_tfds(tfds, ["cat"], [image], [0])
+    write_folder(coco, {"annotations/instances_val2017.json": b"{}", "val2017/1.jpg": image})
+    write_folder(nyu, {"nyu_test.txt": b"", "rgb/1.jpg": image})
+    os.makedirs(empty)
+    assert [recognise(path) for path in (folder, tfds, coco, nyu, empty)] == ["folder", "tfds", "coco", "nyu", None]
+
+    config = load_config("configs/finetune/imagenet_vit_b16.py", [("data.path", folder)])
+    with pytest.raises(ConfigError) as error:
+        classification_source(config, "train")
+    message = str(error.value)
+    assert "\n" not in message and "holds no TFDS dataset 'imagenet2012'" in message
+    assert message.endswith(
+        f"{folder} looks like an ImageFolder tree (split/<class>/<image>): use --config.data.kind=folder (the "
+        "ImageNet finetuning configs: :data=folder, which also sets the split names)"
+    )
+    assert classification_source(load_config("configs/finetune/imagenet_vit_b16.py:data=folder",
+                                             [("data.path", folder)]), "eval").classes == ["n01"]  # fmt: skip
+    config = load_config("configs/finetune/imagenet_vit_b16.py:data=folder", [("data.path", tfds)])
+    with pytest.raises(ConfigError, match=r"looks like a TFDS data_dir .*:data=tfds"):
+        classification_source(config, "train")
+
+    config = load_config("configs/segment/ade20k_vit_b16.py", [("data.path", coco)])
+    with pytest.raises(ConfigError, match=r"ADE20K directory .* looks like COCO .*: use --config.data.kind=coco$"):
+        segmentation_source(config, "eval")
+    config = load_config("configs/evaluate.py", [("eval.zeroshot.kind", "tfds"), ("eval.zeroshot.path", folder)])
+    with pytest.raises(
+        ConfigError, match=r"looks like an ImageFolder tree .*: use --config.eval.zeroshot.kind=folder$"
+    ):
+        make_evaluator(None, make_mesh({"data": -1, "fsdp": 1}), config)
+    # A path of the right layout that is broken otherwise keeps its own message alone.
+    config = load_config("configs/finetune/imagenet_vit_b16.py:data=folder", [("data.path", empty)])
+    with pytest.raises(ConfigError, match=r"image folder .*train does not exist$"):
+        classification_source(config, "train")

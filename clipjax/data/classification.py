@@ -19,6 +19,7 @@ from clipjax.data import synthetic
 from clipjax.data.augment import rand_augment, random_erasing
 from clipjax.data.images import BadImage, decode_image, random_resized_crop
 from clipjax.data.labelled import ImageFolderSource, TfdsSource
+from clipjax.data.layouts import naming_the_layout
 from clipjax.data.pipeline import configured_batches
 from clipjax.data.skips import skipped
 from clipjax.data.transforms import CLIP_MEAN, CLIP_STD
@@ -47,10 +48,11 @@ def classification_source(config: ConfigDict, split: str) -> Any:
         return source
     if not data.path:
         raise ConfigError(f"config.data.kind={data.kind!r} needs config.data.path")
-    if data.kind == "tfds":
-        return TfdsSource(data.path, data.dataset, name)
-    if data.kind == "folder":
-        return ImageFolderSource(os.path.join(data.path, name))
+    with naming_the_layout(data.path, data.kind):
+        if data.kind == "tfds":
+            return TfdsSource(data.path, data.dataset, name)
+        if data.kind == "folder":
+            return ImageFolderSource(os.path.join(data.path, name))
     raise ConfigError(
         f"config.data.kind={data.kind!r} holds no labels; finetuning reads "
         f"{', '.join(repr(k) for k in CLASSIFICATION_KINDS)}"

@@ -23,6 +23,7 @@ from ml_collections import ConfigDict
 
 from clipjax.data import synthetic
 from clipjax.data.images import BadImage, decode_map, record_image
+from clipjax.data.layouts import naming_the_layout
 from clipjax.data.pipeline import configured_batches
 from clipjax.data.skips import skipped
 from clipjax.errors import ConfigError
@@ -230,7 +231,8 @@ def depth_source(config: ConfigDict, split: str) -> Any:
     if data.kind == "nyu":
         if not data.path:
             raise ConfigError("config.data.kind='nyu' needs config.data.path (the NYUv2 root)")
-        return NyuDepthSource(data.path, data.train_split if split == "train" else data.eval_split)
+        with naming_the_layout(data.path, data.kind):
+            return NyuDepthSource(data.path, data.train_split if split == "train" else data.eval_split)
     raise ConfigError(
         f"config.data.kind={data.kind!r} holds no depth; depth finetuning reads "
         f"{', '.join(repr(k) for k in DEPTH_KINDS)}"

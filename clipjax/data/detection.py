@@ -34,6 +34,7 @@ from ml_collections import ConfigDict
 from clipjax.data import synthetic
 from clipjax.data.coco import CocoSource, instance_masks
 from clipjax.data.images import BadImage, record_image
+from clipjax.data.layouts import naming_the_layout
 from clipjax.data.pipeline import configured_batches
 from clipjax.data.skips import skipped
 from clipjax.data.transforms import BLACK, padding_pixel
@@ -305,7 +306,8 @@ def detection_source(config: ConfigDict, split: str) -> SyntheticDetection | Coc
     if data.kind == "coco":
         if not data.path:
             raise ConfigError("config.data.kind='coco' needs config.data.path (the directory holding annotations/)")
-        return CocoSource(data.path, data.train_split if split == "train" else data.eval_split)
+        with naming_the_layout(data.path, data.kind):
+            return CocoSource(data.path, data.train_split if split == "train" else data.eval_split)
     raise ConfigError(
         f"config.data.kind={data.kind!r} holds no instance labels; detection finetuning reads "
         f"{', '.join(repr(k) for k in DETECTION_KINDS)}"

@@ -13,10 +13,9 @@ from typing import Any
 
 import grain
 
+from clipjax.data.layouts import IMAGE_FILE_EXTENSIONS
 from clipjax.data.tf_example import parse_example
 from clipjax.errors import ConfigError
-
-IMAGE_FILE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".ppm", ".tif", ".tiff")
 
 
 class TfdsSource:

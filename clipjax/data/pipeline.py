@@ -11,6 +11,7 @@ import numpy as np
 from ml_collections import ConfigDict
 
 from clipjax.data.datacomp import webdataset_example
+from clipjax.data.layouts import advice
 from clipjax.data.skips import SKIPPED
 from clipjax.data.synthetic import SyntheticScenes
 from clipjax.data.webdataset import WebDatasetSource, expand_shards
@@ -51,7 +52,10 @@ def pretrain_source(config: ConfigDict) -> SyntheticScenes | WebDatasetSource:
     synthetic = expand_shards(data.synthetic_path) if data.synthetic_path else None
     source = WebDatasetSource(shards, synthetic, cache_dir=data.index_cache)
     if len(source) == 0:
-        raise ConfigError(f"config.data.path={data.path!r}: no readable samples in its {len(shards)} shard(s)")
+        raise ConfigError(
+            f"config.data.path={data.path!r}: no readable samples in its {len(shards)} shard(s)"
+            + advice(data.path, "webdataset")
+        )
     if not same_on_every_host(source.fingerprint()):
         raise UserError(
             f"data: the hosts read different shards of config.data.path={data.path!r} (a shard missing or unreadable "

@@ -30,6 +30,7 @@ from ml_collections import ConfigDict
 
 from clipjax.data import synthetic
 from clipjax.data.images import BadImage, decode_map, record_image
+from clipjax.data.layouts import naming_the_layout
 from clipjax.data.pipeline import configured_batches
 from clipjax.data.skips import skipped
 from clipjax.data.transforms import BLACK, padding_pixel
@@ -385,7 +386,8 @@ def segmentation_source(config: ConfigDict, split: str) -> Any:
                 "config.data.kind='ade20k' needs config.data.path (the directory of ADEChallengeData2016)"
             )
         name = data.train_split if split == "train" else data.eval_split
-        return Ade20kSource(data.path, _GENERIC_SPLITS.get(name, name))
+        with naming_the_layout(data.path, data.kind):
+            return Ade20kSource(data.path, _GENERIC_SPLITS.get(name, name))
     raise ConfigError(
         f"config.data.kind={data.kind!r} holds no segmentation labels; segmentation finetuning reads "
         f"{', '.join(repr(k) for k in SEGMENTATION_KINDS)}"

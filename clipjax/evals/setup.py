@@ -14,6 +14,7 @@ from ml_collections import ConfigDict
 
 from clipjax.data import synthetic
 from clipjax.data.labelled import ImageFolderSource, TfdsSource
+from clipjax.data.layouts import naming_the_layout
 from clipjax.data.transforms import normalize_images
 from clipjax.errors import ConfigError
 from clipjax.evals.batches import labelled_image_loader
@@ -97,10 +98,11 @@ def _zeroshot_data(config: ConfigDict):
         )
         load = lambda record: {"image": record["image"], "label": np.asarray(record["label"], np.int32)}
         return scenes, load, synthetic.CATEGORIES, synthetic.ZEROSHOT_TEMPLATES, None
-    if zeroshot.kind == "tfds":
-        source = TfdsSource(zeroshot.path, zeroshot.dataset, zeroshot.split)
-    else:
-        source = ImageFolderSource(zeroshot.path)
+    with naming_the_layout(zeroshot.path, zeroshot.kind, key="config.eval.zeroshot.kind"):
+        if zeroshot.kind == "tfds":
+            source = TfdsSource(zeroshot.path, zeroshot.dataset, zeroshot.split)
+        else:
+            source = ImageFolderSource(zeroshot.path)
     imagenet_names, templates = imagenet_prompts()
     if zeroshot.classnames == "imagenet":
         classnames = imagenet_names
