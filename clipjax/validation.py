@@ -111,9 +111,14 @@ def _validate_local_paths(config: ConfigDict) -> None:
     }
     for key, value in paths.items():
         if isinstance(value, str) and "://" in value:
+            also = (
+                ", or pass the run's workdir: its config.json names the checkpoint_dir, which is read from the bucket"
+                if key == "config.init"
+                else ""
+            )
             raise ConfigError(
                 f"{key}={value!r} is read through the file system: mount the bucket (e.g. gcsfuse; launch/tpu_vm.sh "
-                "does with GCSFUSE=BUCKET) and pass the mounted path"
+                f"does with GCSFUSE=BUCKET) and pass the mounted path{also}"
             )
 
 

@@ -11,7 +11,7 @@ from clipjax.defaults import base_config
 from clipjax.main import main, parse_command_line
 from clipjax.validation import validate
 
-TASKS = ("pretrain",)
+TASKS = ("pretrain", "evaluate")
 
 
 def write_config(tmp_path, body):
@@ -129,6 +129,10 @@ def valid_demo(repo_root):
         (
             {"data.kind": "webdataset", "data.path": "gs://b/{0..9}.tar"},
             "config.data.path='gs://b/{0..9}.tar' is read through the file system: mount the bucket",
+        ),
+        (
+            {"task": "evaluate", "init": "gs://b/run/checkpoints"},
+            "pass the run's workdir: its config.json names the checkpoint_dir, which is read from the bucket",
         ),
         ({"eval.zeroshot.kind": "imagenet"}, "config.eval.zeroshot.kind='imagenet' is not one of"),
         ({"eval.zeroshot.kind": "tfds"}, "config.eval.zeroshot.path is required with config.eval.zeroshot.kind='tfds'"),
