@@ -18,7 +18,6 @@ from clipjax.data.images import BadImage, decode_image
 from clipjax.data.segmentation import (
     ADE20K_CLASSES,
     ADE20K_SCALE,
-    IGNORE_LABEL,
     Ade20kSource,
     SyntheticSegmentation,
     ade_labels,
@@ -35,6 +34,7 @@ from clipjax.data.segmentation import (
 from clipjax.data.synthetic import CATEGORIES
 from clipjax.data.transforms import padding_pixel
 from clipjax.errors import ConfigError
+from clipjax.ops.labels import IGNORE_LABEL
 
 # (split, stem, scikit-image photo)
 FILES = (
@@ -99,9 +99,7 @@ def positional(height: int, width: int) -> dict[str, np.ndarray]:
     return {"image": image, "semantic": cols.astype(np.int32)}
 
 
-def test_classes_are_the_150_scene_parsing_names_and_ignore_is_the_metrics_one():
-    from clipjax.evals.segmentation_metrics import IGNORE_INDEX
-
+def test_classes_are_the_150_scene_parsing_names_and_ignore_is_255():
     assert len(ADE20K_CLASSES) == len(set(ADE20K_CLASSES)) == 150
     assert ADE20K_CLASSES[:8] == ("wall", "building", "sky", "floor", "tree", "ceiling", "road", "bed")
     assert (ADE20K_CLASSES[12], ADE20K_CLASSES[44], ADE20K_CLASSES[89]) == (
@@ -111,7 +109,7 @@ def test_classes_are_the_150_scene_parsing_names_and_ignore_is_the_metrics_one()
     )
     assert ADE20K_CLASSES[-3:] == ("glass", "clock", "flag")
     assert all(name == name.strip() for name in ADE20K_CLASSES)
-    assert IGNORE_LABEL == IGNORE_INDEX == 255
+    assert IGNORE_LABEL == 255  # mmseg's ignore_index
 
 
 def test_source_lists_sorted_records_from_either_root(ade_root):

@@ -10,11 +10,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from clipjax.evals.segmentation_metrics import IGNORE_INDEX, confusion_matrix, segmentation_metrics
-from clipjax.losses.segmentation import resize_logits, segmentation_loss
+from clipjax.evals.segmentation_metrics import confusion_matrix, segmentation_metrics
+from clipjax.losses.segmentation import segmentation_loss
+from clipjax.ops.labels import IGNORE_LABEL
+from clipjax.ops.resize import resize_logits
 
 
-def numpy_confusion(pred, label, num_classes, valid=None, ignore_index=IGNORE_INDEX):
+def numpy_confusion(pred, label, num_classes, valid=None, ignore_index=IGNORE_LABEL):
     """Pixel by pixel with np.add.at: the pairs that count, everything else skipped."""
     confusion = np.zeros((num_classes, num_classes), np.int64)
     for b in range(len(pred)):
@@ -26,7 +28,7 @@ def numpy_confusion(pred, label, num_classes, valid=None, ignore_index=IGNORE_IN
     return confusion
 
 
-def numpy_mmseg_metrics(pred, label, num_classes, ignore_index=IGNORE_INDEX):
+def numpy_mmseg_metrics(pred, label, num_classes, ignore_index=IGNORE_LABEL):
     """mmseg's recipe from the label maps, not from a confusion: per-class histograms of the intersection,
     prediction and label, union = pred + label - intersect, then intersect / union, intersect / label, nanmean."""
     keep = label != ignore_index
@@ -46,7 +48,7 @@ def random_maps(seed=0, batch=4, height=16, width=20, num_classes=7):
     rng = np.random.default_rng(seed)
     pred = rng.integers(0, num_classes, (batch, height, width)).astype(np.int32)
     label = rng.integers(0, num_classes, (batch, height, width)).astype(np.int32)
-    label[rng.random(label.shape) < 0.2] = IGNORE_INDEX
+    label[rng.random(label.shape) < 0.2] = IGNORE_LABEL
     label[0, 0, :5] = num_classes
     label[1, 3, :4] = -3
     valid = np.array([True, True, False, True][:batch])
@@ -76,7 +78,7 @@ def test_confusion_rows_are_ground_truth():
 
 def test_confusion_uint8_labels_and_other_ignore_index():
     pred, label, _ = random_maps(seed=1)
-    label = np.where((label < 0) | (label >= 7), IGNORE_INDEX, label).astype(np.uint8)  # 255 must not wrap 255 * K
+    label = np.where((label < 0) | (label >= 7), IGNORE_LABEL, label).astype(np.uint8)  # 255 must not wrap 255 * K
     np.testing.assert_array_equal(
         np.asarray(confusion_matrix(pred, label, 7)), numpy_confusion(pred, label.astype(np.int64), 7)
     )
@@ -99,7 +101,7 @@ def test_confusion_ade20k_size():
     # K = 150 at 512 x 512: the bincount path, checked against np.add.at.
     rng = np.random.default_rng(3)
     label = rng.integers(0, 150, (2, 512, 512)).astype(np.int32)
-    label[:, :100] = IGNORE_INDEX
+    label[:, :100] = IGNORE_LABEL
     pred = np.where(rng.random(label.shape) < 0.5, label % 150, rng.integers(0, 150, label.shape)).astype(np.int32)
     got = jax.jit(confusion_matrix, static_argnums=2)(pred, label, 150, np.array([True, True]))
     np.testing.assert_array_equal(np.asarray(got), numpy_confusion(pred, label, 150))
@@ -117,10 +119,10 @@ def test_confusion_ade20k_size():
 
 def test_metrics_match_mmseg_recipe():
     pred, label, _ = random_maps(seed=4)
-    label = np.where((label < 0) | (label >= 7), IGNORE_INDEX, label)
+    label = np.where((label < 0) | (label >= 7), IGNORE_LABEL, label)
     # Class 5 absent from the ground truth but predicted; class 6 absent from both.
-    label[label == 5] = IGNORE_INDEX
-    label[label == 6] = IGNORE_INDEX
+    label[label == 5] = IGNORE_LABEL
+    label[label == 6] = IGNORE_LABEL
     pred[pred == 6] = 0
     confusion = np.asarray(confusion_matrix(pred, label, 7))
     metrics, details = segmentation_metrics(confusion, prefix="ade")
@@ -195,14 +197,14 @@ def test_loss_and_gradient_match_torch(smoothing):
     rng = np.random.default_rng(7)
     logits = rng.normal(size=(3, 6, 5, 4)).astype(np.float32) * 3
     labels = rng.integers(0, 4, (3, 24, 20)).astype(np.int32)
-    labels[rng.random(labels.shape) < 0.3] = IGNORE_INDEX
-    labels[2] = IGNORE_INDEX  # a fully ignored image still only changes the pixel count
+    labels[rng.random(labels.shape) < 0.3] = IGNORE_LABEL
+    labels[2] = IGNORE_LABEL  # a fully ignored image still only changes the pixel count
     loss, grad = jax.value_and_grad(segmentation_loss)(
-        jnp.asarray(logits), jnp.asarray(labels), IGNORE_INDEX, smoothing
+        jnp.asarray(logits), jnp.asarray(labels), IGNORE_LABEL, smoothing
     )
     small, upsampled = torch_upsample(logits, (24, 20))
     want = F.cross_entropy(
-        upsampled, torch.tensor(labels, dtype=torch.long), ignore_index=IGNORE_INDEX, label_smoothing=smoothing
+        upsampled, torch.tensor(labels, dtype=torch.long), ignore_index=IGNORE_LABEL, label_smoothing=smoothing
     )
     want.backward()
     assert loss.dtype == jnp.float32 and loss.shape == ()
@@ -214,7 +216,7 @@ def test_loss_bfloat16_and_out_of_range_labels():
     rng = np.random.default_rng(8)
     logits = jnp.asarray(rng.normal(size=(2, 4, 4, 5)), jnp.bfloat16)
     labels = rng.integers(0, 5, (2, 8, 8)).astype(np.int32)
-    reference = segmentation_loss(logits.astype(jnp.float32), np.where(labels == 4, IGNORE_INDEX, labels))
+    reference = segmentation_loss(logits.astype(jnp.float32), np.where(labels == 4, IGNORE_LABEL, labels))
     out_of_range = np.where(labels == 4, 9, labels)  # treated as ignored, like 255
     got = jax.jit(segmentation_loss)(logits, out_of_range)
     assert got.dtype == jnp.float32
@@ -224,9 +226,9 @@ def test_loss_bfloat16_and_out_of_range_labels():
 @pytest.mark.parametrize("smoothing", [0.0, 0.1])
 def test_loss_all_ignored_is_zero_with_zero_gradients(smoothing):
     logits = jnp.asarray(np.random.default_rng(9).normal(size=(2, 4, 4, 3)), jnp.float32)
-    labels = jnp.full((2, 16, 16), IGNORE_INDEX, jnp.int32)
+    labels = jnp.full((2, 16, 16), IGNORE_LABEL, jnp.int32)
     loss, grad = jax.jit(jax.value_and_grad(segmentation_loss), static_argnums=(2, 3))(
-        logits, labels, IGNORE_INDEX, smoothing
+        logits, labels, IGNORE_LABEL, smoothing
     )
     assert float(loss) == 0.0
     assert np.isfinite(np.asarray(grad)).all() and not np.asarray(grad).any()

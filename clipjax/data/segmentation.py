@@ -35,11 +35,9 @@ from clipjax.data.pipeline import configured_batches
 from clipjax.data.skips import skipped
 from clipjax.data.transforms import BLACK, padding_pixel
 from clipjax.errors import ConfigError
+from clipjax.ops.labels import IGNORE_LABEL
 
 SEGMENTATION_KINDS = ("synthetic", "ade20k")
-# The "unlabelled" value after reduce_zero_label and of padding; the loss and metrics skip it
-# (clipjax.evals.segmentation_metrics.IGNORE_INDEX, not imported here: that module pulls in JAX).
-IGNORE_LABEL = 255
 SYNTHETIC_EVAL_EXAMPLES = 200  # held-out scenes when config.finetune.eval_examples is None
 ADE20K_DIR = "ADEChallengeData2016"
 ADE20K_SPLITS = ("training", "validation")

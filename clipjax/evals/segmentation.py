@@ -30,9 +30,10 @@ from PIL import Image
 from clipjax.data.images import BadImage
 from clipjax.data.transforms import normalize_images, padding_pixel
 from clipjax.evals.batches import eval_batches, load_or_stop
-from clipjax.evals.segmentation_metrics import IGNORE_INDEX, confusion_matrix, segmentation_metrics
+from clipjax.evals.segmentation_metrics import confusion_matrix, segmentation_metrics
 from clipjax.evals.sliding import window_starts
-from clipjax.losses.segmentation import resize_logits
+from clipjax.ops.labels import IGNORE_LABEL
+from clipjax.ops.resize import resize_logits
 from clipjax.parallel import replicated
 
 INFERENCE_MODES = ("slide", "whole")
@@ -256,7 +257,7 @@ def _padded(
         image, label = example["image"], example["label"]
         out_image = np.full((*canvas, 3), pad_pixel, np.uint8)
         out_image[: image.shape[0], : image.shape[1]] = image
-        out_label = np.full(label_canvas, IGNORE_INDEX, np.uint8)
+        out_label = np.full(label_canvas, IGNORE_LABEL, np.uint8)
         out_label[: label.shape[0], : label.shape[1]] = label
         return {
             "image": out_image,

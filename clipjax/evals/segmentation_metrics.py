@@ -13,8 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-# The "unlabelled" value of ADE20K after mmseg's reduce_zero_label (class 0 "other" -> 255, classes 1..150 -> 0..149).
-IGNORE_INDEX = 255
+from clipjax.ops.labels import IGNORE_LABEL
 
 
 def confusion_matrix(
@@ -22,7 +21,7 @@ def confusion_matrix(
     label: jax.Array,
     num_classes: int,
     valid: jax.Array | None = None,
-    ignore_index: int = IGNORE_INDEX,
+    ignore_index: int = IGNORE_LABEL,
 ) -> jax.Array:
     """Pixel counts per (ground-truth class, predicted class) pair over a batch of label maps. Jit-able.
 

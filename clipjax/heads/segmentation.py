@@ -31,10 +31,11 @@ import jax.numpy as jnp
 import numpy as np
 from ml_collections import ConfigDict
 
-from clipjax.heads.towers import check_batch_norm_mode, resize_bilinear, vit_feature_map
+from clipjax.heads.towers import check_batch_norm_mode, vit_feature_map
 from clipjax.models.layers import ACTIVATIONS
 from clipjax.models.mci import MCi
 from clipjax.models.presets import build_image_tower
+from clipjax.ops.resize import resize_bilinear
 
 BN_EPS = 1e-5  # PyTorch's BatchNorm2d default (mmseg trains with SyncBN)
 BN_MOMENTUM = 0.9  # Flax's weight of the old running average: PyTorch's momentum 0.1

@@ -48,11 +48,3 @@ def check_batch_norm_mode(head: nn.Module, tower: nn.Module, train: bool) -> Non
             'with "batch_stats" mutable the tower (MCi, or a ViT with the mci stem) normalises with batch '
             "statistics: pass train=True, or apply without mutable to evaluate"
         )
-
-
-def resize_bilinear(x: jax.Array, size: tuple[int, int]) -> jax.Array:
-    """F.interpolate(mode="bilinear", align_corners=False): half-pixel centres, no antialiasing even when
-    shrinking. [B, H, W, C] -> [B, *size, C], same dtype."""
-    if tuple(x.shape[1:3]) == tuple(size):
-        return x
-    return jax.image.resize(x, (x.shape[0], *size, x.shape[3]), method="bilinear", antialias=False)

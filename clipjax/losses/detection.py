@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from clipjax.heads.detection.boxes import box_area
+from clipjax.ops.boxes import box_area
 
 
 def smooth_l1(x: jax.Array, beta: float) -> jax.Array:

@@ -8,29 +8,12 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from clipjax.evals.segmentation_metrics import IGNORE_INDEX
-from clipjax.heads.towers import resize_bilinear
-
-
-def resize_logits(logits: jax.Array, size: tuple[int, int]) -> jax.Array:
-    """Bilinear resize of per-pixel logits with half-pixel centres: torch F.interpolate(align_corners=False).
-
-    jax.image.resize's "bilinear" samples at half-pixel centres, and with antialias=False its edge handling
-    (renormalising the triangle weights over in-image pixels) equals torch's clamp of the source coordinate at 0, so
-    it matches torch both when upsampling and when downsampling (torch does not antialias here, nor does mmseg).
-
-    Args:
-      logits: float [B, h, w, K], any float dtype (resized in float32).
-      size: (H, W), the output size.
-
-    Returns:
-      float32 [B, H, W, K].
-    """
-    return resize_bilinear(logits.astype(jnp.float32), size)
+from clipjax.ops.labels import IGNORE_LABEL
+from clipjax.ops.resize import resize_logits
 
 
 def segmentation_loss(
-    logits: jax.Array, labels: jax.Array, ignore_index: int = IGNORE_INDEX, label_smoothing: float = 0.0
+    logits: jax.Array, labels: jax.Array, ignore_index: int = IGNORE_LABEL, label_smoothing: float = 0.0
 ) -> jax.Array:
     """Softmax cross-entropy averaged over the labelled pixels of the whole batch, on logits upsampled to the labels.
 

@@ -12,17 +12,14 @@ import math
 import jax
 import jax.numpy as jnp
 
+from clipjax.ops.boxes import box_area
+
 # detectron2's Box2BoxTransform scale_clamp: no box grows more than 1000/16 times its anchor in one decode.
 SCALE_CLAMP = math.log(1000.0 / 16)
 # Box coder weights (wx, wy, ww, wh): the RPN's, the RoI box head's, and the three Cascade stages'.
 RPN_WEIGHTS = (1.0, 1.0, 1.0, 1.0)
 ROI_WEIGHTS = (10.0, 10.0, 5.0, 5.0)
 CASCADE_WEIGHTS = ((10.0, 10.0, 5.0, 5.0), (20.0, 20.0, 10.0, 10.0), (30.0, 30.0, 15.0, 15.0))
-
-
-def box_area(boxes: jax.Array) -> jax.Array:
-    """[..., 4] -> [...] area, 0 for degenerate (x1 < x0 or y1 < y0) boxes."""
-    return jnp.maximum(boxes[..., 2] - boxes[..., 0], 0.0) * jnp.maximum(boxes[..., 3] - boxes[..., 1], 0.0)
 
 
 def pairwise_iou(a: jax.Array, b: jax.Array) -> jax.Array:

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 import jax
 import jax.numpy as jnp
 
-from clipjax.heads.detection.boxes import box_area
+from clipjax.ops.boxes import box_area
 
 
 def _axis_corners(coords: jax.Array, size: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
