@@ -10,7 +10,7 @@ from jax.sharding import PartitionSpec as P
 from ml_collections import ConfigDict
 
 from clipjax.parallel import make_mesh
-from clipjax.train.init import read_saved_variables, save_converted
+from clipjax.weights import read_saved_variables, save_converted
 
 BACKEND_COMPILE = "/jax/core/compile/backend_compile_duration"
 

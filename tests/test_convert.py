@@ -191,7 +191,8 @@ def test_clipjax_model_accepts_converted_params_under_jit():
 
 def test_mobileclip_variables_round_trip_through_an_init_directory(tmp_path):
     from clipjax.parallel import make_mesh, state_shardings
-    from clipjax.train.init import abstract_variables, load_variables, read_metadata, save_converted
+    from clipjax.tasks.evaluate import abstract_variables
+    from clipjax.weights import load_variables, read_metadata, save_converted
 
     _, _, model_config, variables = converted("MobileCLIP2-S0")
     save_converted(str(tmp_path / "w"), variables, model_config, normalize="none", source="test")

@@ -18,8 +18,8 @@ from clipjax.evals.depth_metrics import depth_metric_sums, depth_metrics_from_su
 from clipjax.evals.sliding import sliding_window_predict, window_starts
 from clipjax.main import main
 from clipjax.parallel import make_mesh
-from clipjax.train.init import read_metadata
 from clipjax.validation import validate
+from clipjax.weights import read_metadata
 from tests.test_depth_data import motorcycle
 from tests.test_finetune import metrics_rows, tiny_model_flags
 

@@ -24,8 +24,8 @@ from clipjax.heads.detection.mask_rcnn import DetectorSettings, MaskRCNN
 from clipjax.main import main
 from clipjax.models.vit import VisionTransformer
 from clipjax.parallel import make_mesh
-from clipjax.train.init import read_metadata
 from clipjax.validation import validate
+from clipjax.weights import read_metadata
 from tests.coco_fixture import make_coco
 from tests.test_finetune import metrics_rows, tiny_model_flags
 

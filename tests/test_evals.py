@@ -190,7 +190,7 @@ def test_imagenet_class_names_need_a_thousand_classes(eval_data):
 def test_evaluation_refuses_the_workdir_of_a_training_run(tmp_path):
     """Evaluating into a pretraining workdir (e.g. --workdir equal to config.init) would move its metrics rows
     after step 0 aside and rename its config.json; it is refused in one line, an evaluation workdir is not."""
-    from clipjax.tasks.evaluate import refuse_a_training_workdir
+    from clipjax.train.workdir import refuse_a_training_workdir
 
     refuse_a_training_workdir(str(tmp_path / "fresh"))  # nothing there yet
     (tmp_path / "config.json").write_text(json.dumps({"task": "evaluate"}))

@@ -15,8 +15,9 @@ from clipjax.data.transforms import normalize_images
 from clipjax.errors import ConfigError
 from clipjax.heads.classification import build_classifier
 from clipjax.main import main
-from clipjax.train.init import read_metadata, read_saved_variables, transplant
+from clipjax.train.transplant import transplant
 from clipjax.validation import validate
+from clipjax.weights import read_metadata, read_saved_variables
 from tests.shards import encode, photos
 from tests.test_labelled import write_folder, write_tfds
 
@@ -55,9 +56,9 @@ def test_a_timm_layout_position_embedding_without_a_cls_row_is_resized_whole():
 def test_best_weights_survive_a_crash_between_the_renames_of_their_replacement(tmp_path, monkeypatch):
     """best/ was renamed to best.old and the crash came before best.new took its place: the run that resumes
     knows the best value, and the next replacement keeps the old copy until the new one is whole."""
-    from clipjax.train import init as init_module
-    from clipjax.train.init import replace_saved
+    from clipjax import weights as weights_module
     from clipjax.train.transfer import BestWeights
+    from clipjax.weights import replace_saved
 
     model = load_config("configs/finetune/demo.py").model
     best = str(tmp_path / "best")
@@ -70,7 +71,7 @@ def test_best_weights_survive_a_crash_between_the_renames_of_their_replacement(t
     def crash(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(init_module, "save_converted", crash)
+    monkeypatch.setattr(weights_module, "save_converted", crash)
     with pytest.raises(OSError):
         replace_saved(best, {"params": {"image": {"w": np.zeros((2, 2), np.float32)}}}, model, "clip", source="new")
     np.testing.assert_array_equal(read_saved_variables(best)["params"]["image"]["w"], 1.0)

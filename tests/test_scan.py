@@ -13,11 +13,11 @@ from clipjax.models.layers import DropPath, Encoder
 from clipjax.models.scan_layout import match_block_layout, stack_blocks, unstack_blocks
 from clipjax.parallel import make_mesh, state_shardings
 from clipjax.tasks.pretrain import make_init_state, make_train_step
-from clipjax.train.init import transplant
 from clipjax.train.layer_decay import layer_lr_scales
 from clipjax.train.loop import shard_functions
 from clipjax.train.optim import make_optimizer, weight_decay_mask
 from clipjax.validation import validate
+from clipjax.weights import transplant
 from tests.helpers import tiny_config
 
 

@@ -11,8 +11,8 @@ import pytest
 from clipjax.config import load_config
 from clipjax.errors import ConfigError
 from clipjax.main import main
-from clipjax.train.init import read_metadata
 from clipjax.validation import validate
+from clipjax.weights import read_metadata
 from tests.test_finetune import metrics_rows, tiny_model_flags
 from tests.test_segmentation_data import photo, raw_label
 

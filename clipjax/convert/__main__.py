@@ -58,7 +58,7 @@ def convert(source: str, model_name: str, checkpoint: str, workdir: str) -> str:
     from clipjax.defaults import base_config
     from clipjax.errors import ConfigError
     from clipjax.models.mci import MCI_PRESETS
-    from clipjax.train.init import save_converted
+    from clipjax.weights import save_converted
 
     state_dict = read_state_dict(checkpoint)
     if source == "open_clip":

@@ -24,9 +24,9 @@ from clipjax.data.depth import depth_dataset, depth_source
 from clipjax.evals.depth import DepthEvaluator
 from clipjax.heads.depth import DepthEstimator, build_depth_estimator
 from clipjax.losses.depth import silog_loss
-from clipjax.train.init import read_metadata
 from clipjax.train.loop import Metrics, train
 from clipjax.train.transfer import finetuning_step, finetuning_task, model_config_from_init, optimizer_and_init
+from clipjax.weights import read_metadata
 
 DEFAULT_BEST_METRIC = "eval/rmse"
 

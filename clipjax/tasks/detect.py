@@ -34,9 +34,9 @@ from clipjax.data.detection import (
 from clipjax.data.transforms import normalize_images, padding_pixel
 from clipjax.evals.detection import DetectionEvaluator
 from clipjax.heads.detection.mask_rcnn import MaskRCNN, build_detector
-from clipjax.train.init import read_metadata
 from clipjax.train.loop import Metrics, train
 from clipjax.train.transfer import finetuning_step, finetuning_task, model_config_from_init, optimizer_and_init
+from clipjax.weights import read_metadata
 
 DEFAULT_BEST_METRIC = "eval/box_ap"
 TARGET_KEYS = ("boxes", "classes", "masks")

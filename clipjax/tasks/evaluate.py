@@ -7,9 +7,8 @@ taken from the config. The metrics go to `<workdir>/metrics.jsonl` (and TensorBo
 
 from __future__ import annotations
 
-import json
-import os
 import time
+from typing import Any
 
 import jax
 from jax.sharding import Mesh
@@ -20,24 +19,24 @@ from clipjax.errors import ConfigError
 from clipjax.evals.setup import make_evaluator
 from clipjax.models import build_clip
 from clipjax.parallel import state_shardings
-from clipjax.train.init import abstract_variables, load_variables, read_metadata
-from clipjax.train.loop import Metrics, prepare_workdir, save_config
+from clipjax.train.loop import Metrics
 from clipjax.train.metrics import MetricWriter
+from clipjax.train.workdir import prepare_workdir, refuse_a_training_workdir, save_config
+from clipjax.weights import load_variables, read_metadata
 
 
-def refuse_a_training_workdir(workdir: str) -> None:
-    """Raises a one-line ConfigError if `workdir` holds another task's run: its metrics rows after step 0 would
-    be moved aside and its config.json renamed (e.g. `--workdir` given the same directory as `config.init`)."""
-    saved = os.path.join(workdir, "config.json")
-    if not os.path.isfile(saved):
-        return
-    with open(saved, encoding="utf-8") as f:
-        task = json.load(f).get("task")
-    if task != "evaluate":
-        raise ConfigError(
-            f"workdir {workdir} holds a {task!r} run; write the evaluation to another directory, e.g. "
-            f"{os.path.join(workdir, 'eval')}"
+def abstract_variables(model: Any, config: ConfigDict, sharding_of: Any) -> dict[str, Any]:
+    """The variables of `model` ({"params": ..., ...}) as ShapeDtypeStructs with shardings from `sharding_of(tree)`."""
+    size = config.model.image_size
+    shapes = jax.eval_shape(
+        lambda: model.init(
+            jax.random.PRNGKey(0),
+            jax.numpy.zeros((1, size, size, 3)),
+            jax.numpy.zeros((1, config.model.text.context_length), jax.numpy.int32),
         )
+    )
+    shardings = sharding_of(shapes)
+    return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
 
 
 def run(config: ConfigDict, workdir: str, mesh: Mesh) -> Metrics:

@@ -29,9 +29,9 @@ from clipjax.evals.batches import labelled_image_loader
 from clipjax.evals.classification import ClassificationEvaluator
 from clipjax.heads.classification import ImageClassifier, build_classifier
 from clipjax.losses.classification import soft_cross_entropy
-from clipjax.train.init import read_metadata
 from clipjax.train.loop import Metrics, train
 from clipjax.train.transfer import finetuning_step, finetuning_task, model_config_from_init, optimizer_and_init
+from clipjax.weights import read_metadata
 
 DEFAULT_BEST_METRIC = "eval/top1"
 

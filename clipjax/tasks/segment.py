@@ -37,10 +37,10 @@ from clipjax.evals.segmentation import SegmentationEvaluator, encoded_size
 from clipjax.heads.segmentation import Segmenter, build_segmenter
 from clipjax.losses.segmentation import segmentation_loss
 from clipjax.models.presets import is_mci
-from clipjax.train.init import read_metadata
 from clipjax.train.loop import Metrics, train
 from clipjax.train.state import TrainState
 from clipjax.train.transfer import finetuning_step, finetuning_task, model_config_from_init, optimizer_and_init
+from clipjax.weights import read_metadata
 
 DEFAULT_BEST_METRIC = "eval/miou"
 

@@ -20,33 +20,15 @@ from typing import Any
 import grain
 import jax
 import orbax.checkpoint as ocp
-from orbax.checkpoint import type_handlers
 
 from clipjax.errors import UserError
 from clipjax.train.state import TrainState
+from clipjax.weights import save_whole_arrays_on_cpu
 
 
 def _one_line(error: BaseException) -> str:
     text = str(error).strip().splitlines()
     return (text[0] if text else type(error).__name__)[:300]
-
-
-def save_whole_arrays_on_cpu() -> None:
-    """On the CPU backend, makes orbax write each array from one replica instead of slicing its write across
-    the replicas; other backends keep orbax's default. Call before saving.
-
-    Replica-parallel saving slices a replicated array on the device so that each replica transfers a part,
-    which compiles a slice program for every array shape and offset (12 s of a 4-step segmentation
-    finetuning on a 2-core machine) and gains nothing where the devices' memory is the host's.
-    """
-    if jax.default_backend() != "cpu":
-        return
-    # orbax has no public switch for it: the registered handler's flag is turned off, which keeps the rest of
-    # its setup (the array metadata store above all). Should orbax rename the flag, saving stays correct,
-    # only slower on the CPU.
-    handler = type_handlers.get_type_handler(jax.Array)
-    if hasattr(handler, "_use_replica_parallel"):
-        handler._use_replica_parallel = False
 
 
 class Checkpointer:

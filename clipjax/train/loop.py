@@ -15,7 +15,6 @@ one host; with several, to within the difference between the numbers of records 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
 from collections import Counter
@@ -37,6 +36,7 @@ from clipjax.train.metrics import MetricWriter
 from clipjax.train.preemption import PreemptionGuard
 from clipjax.train.prefetch import DevicePrefetcher
 from clipjax.train.state import TrainState
+from clipjax.train.workdir import prepare_workdir, save_config
 
 Metrics = dict[str, Any]
 
@@ -105,35 +105,6 @@ def shard_functions(
     )
     target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
     return init, step, target
-
-
-def prepare_workdir(workdir: str) -> None:
-    """Creates the workdir and proves it writable, or raises a one-line UserError."""
-    probe = os.path.join(workdir, f".clipjax-write-test.{jax.process_index()}")  # hosts may share the workdir
-    try:
-        os.makedirs(workdir, exist_ok=True)
-        with open(probe, "w", encoding="utf-8") as f:
-            f.write("ok")
-        os.remove(probe)
-    except OSError as e:
-        raise UserError(f"workdir {workdir} is not writable: {e.strerror or e}") from None
-
-
-def save_config(config: ConfigDict, workdir: str) -> None:
-    """Writes config.json atomically; a different config.json from an earlier run is kept as config.N.json."""
-    path = os.path.join(workdir, "config.json")
-    text = json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n"
-    if os.path.exists(path):
-        with open(path, encoding="utf-8") as f:
-            if f.read() == text:
-                return
-        n = 1
-        while os.path.exists(os.path.join(workdir, f"config.{n}.json")):
-            n += 1
-        os.replace(path, os.path.join(workdir, f"config.{n}.json"))
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(path + ".tmp", path)
 
 
 def keeps_fp8_stats(flat_config: dict[str, Any]) -> bool:

@@ -23,10 +23,11 @@ from clipjax.config import merge_onto_defaults
 from clipjax.data.transforms import normalize_images
 from clipjax.errors import ConfigError
 from clipjax.models.fp8 import FP8_STATS, value_and_grad_advancing_fp8_stats
-from clipjax.train.init import METADATA_FILE, read_metadata, read_saved_variables, replace_saved, transplant
 from clipjax.train.loop import Metrics, Task
 from clipjax.train.optim import global_norm, lr_schedule, make_optimizer
 from clipjax.train.state import TrainState
+from clipjax.train.transplant import transplant
+from clipjax.weights import METADATA_FILE, read_metadata, read_saved_variables, replace_saved
 
 # Model keys a finetuning run may set differently from the pretrained weights: how the same tower is computed
 # and regularised, and the input resolution (ViT position embeddings are resized to it).
