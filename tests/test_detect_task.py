@@ -57,7 +57,7 @@ def test_mask_rcnn_overfits_real_photos_to_high_box_and_mask_ap(coco_root):
     model = MaskRCNN(tower, len(source.classes), settings, pyramid_channels=32)
     images = normalize_images(batch["image"], "clip")
     params = jax.jit(model.init)(jax.random.PRNGKey(0), images[:1])["params"]
-    steps = 200  # box AP 0.96, mask AP 0.82 (2026-12-05, 2-core CPU)
+    steps = 200
     tx = optax.adamw(optax.warmup_cosine_decay_schedule(0.0, 2e-3, 10, steps, 1e-5), weight_decay=1e-4)
 
     @jax.jit
@@ -91,9 +91,14 @@ def test_mask_rcnn_overfits_real_photos_to_high_box_and_mask_ap(coco_root):
         losses.append(float(loss))
     trained = evaluate({"params": params})
     assert untrained["eval/box_ap"] < 0.1 and untrained["eval/mask_ap"] < 0.1, untrained
-    assert np.mean(losses[-20:]) < 0.2 * np.mean(losses[:5])
-    assert trained["eval/box_ap"] > 0.8 and trained["eval/mask_ap"] > 0.7, trained
-    assert trained["eval/box_ap50"] > 0.95
+    # Margins from a measured spread (2026-12-06, 2-core VM): 15 runs (init and sampling seeds 0-4, each with
+    # 8 devices at -O1 as the suite runs, with fast math off, and with 1 device at XLA's default -O2, which
+    # changes the numerics the way another machine's CPU does) ended at box AP 0.62-0.90, mask AP 0.48-0.74,
+    # box AP50 0.8-1.0 and a loss ratio of 0.064-0.135: the bounds sit about 0.15 below the worst run, far
+    # above the untrained detector's < 0.1. A single run's AP on three photos is that noisy.
+    assert np.mean(losses[-20:]) < 0.25 * np.mean(losses[:5])
+    assert trained["eval/box_ap"] > 0.45 and trained["eval/mask_ap"] > 0.3, trained
+    assert trained["eval/box_ap50"] > 0.6, trained
 
 
 def test_detect_config_errors_are_one_line():
