@@ -27,7 +27,7 @@ from clipjax.models.presets import build_clip
 from clipjax.tasks.pretrain import make_init_state, make_train_step
 from clipjax.train.optim import make_optimizer
 from clipjax.train.state import TrainState
-from clipjax.train.transfer import finetuning_step
+from clipjax.train.step import training_step
 from clipjax.validation import validate
 from tests.helpers import tiny_config
 
@@ -274,7 +274,7 @@ def test_the_finetuning_step_advances_delayed_scaling_histories_beside_the_updat
 
     tx = make_optimizer(config.optim, config.total_steps)
     state = TrainState.create(model.init(jax.random.PRNGKey(0), jnp.zeros((1, 12))), tx, jax.random.PRNGKey(1))
-    new_state, metrics = jax.jit(finetuning_step(config, tx, loss_fn))(state, batch)
+    new_state, metrics = jax.jit(training_step(config, tx, loss_fn))(state, batch)
     history = np.asarray(new_state.model_state[FP8_STATS]["DelayedScalingProduct_0"]["amax_history"])
     # The input's maximum (scale 1: the pixels in [0, 1] round to E4M3 as they are) and the gradient's.
     largest_pixel = float(np.float32(images.max() / 255.0).astype(ml_dtypes.float8_e4m3fn))

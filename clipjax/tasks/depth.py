@@ -25,7 +25,8 @@ from clipjax.evals.depth import DepthEvaluator
 from clipjax.heads.depth import DepthEstimator, build_depth_estimator
 from clipjax.losses.depth import silog_loss
 from clipjax.train.loop import Metrics, train
-from clipjax.train.transfer import finetuning_step, finetuning_task, model_config_from_init, optimizer_and_init
+from clipjax.train.step import training_step
+from clipjax.train.transfer import finetuning_task, model_config_from_init, optimizer_and_init
 from clipjax.weights import read_metadata
 
 DEFAULT_BEST_METRIC = "eval/rmse"
@@ -49,7 +50,7 @@ def make_depth_step(model: DepthEstimator, tx: optax.GradientTransformation, con
         loss = silog_loss(pred, target, valid, depth_config.silog_lambda)
         return loss, ({**model_state, **updates}, {})
 
-    return finetuning_step(config, tx, loss_fn)
+    return training_step(config, tx, loss_fn)
 
 
 def run(config: ConfigDict, workdir: str, mesh: Mesh) -> Metrics:

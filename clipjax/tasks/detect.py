@@ -35,7 +35,8 @@ from clipjax.data.transforms import normalize_images, padding_pixel
 from clipjax.evals.detection import DetectionEvaluator
 from clipjax.heads.detection.mask_rcnn import MaskRCNN, build_detector
 from clipjax.train.loop import Metrics, train
-from clipjax.train.transfer import finetuning_step, finetuning_task, model_config_from_init, optimizer_and_init
+from clipjax.train.step import training_step
+from clipjax.train.transfer import finetuning_task, model_config_from_init, optimizer_and_init
 from clipjax.weights import read_metadata
 
 DEFAULT_BEST_METRIC = "eval/box_ap"
@@ -64,7 +65,7 @@ def make_detect_step(model: MaskRCNN, tx: optax.GradientTransformation, config: 
         loss = sum(losses.values())
         return loss, ({**model_state, **updates}, {f"train/{k}": v for k, v in losses.items()})
 
-    return finetuning_step(config, tx, loss_fn)
+    return training_step(config, tx, loss_fn)
 
 
 def make_predict(model: MaskRCNN, normalize: str):

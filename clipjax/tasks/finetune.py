@@ -30,7 +30,8 @@ from clipjax.evals.classification import ClassificationEvaluator
 from clipjax.heads.classification import ImageClassifier, build_classifier
 from clipjax.losses.classification import soft_cross_entropy
 from clipjax.train.loop import Metrics, train
-from clipjax.train.transfer import finetuning_step, finetuning_task, model_config_from_init, optimizer_and_init
+from clipjax.train.step import apply_model, training_step
+from clipjax.train.transfer import finetuning_task, model_config_from_init, optimizer_and_init
 from clipjax.weights import read_metadata
 
 DEFAULT_BEST_METRIC = "eval/top1"
@@ -58,15 +59,16 @@ def make_finetune_step(model: ImageClassifier, tx: optax.GradientTransformation,
             prob=tune.mix_prob,
             label_smoothing=tune.label_smoothing,
         )
-        variables = {"params": params, **model_state}
-        if "batch_stats" in model_state and train_batch_norm:
-            logits, updates = model.apply(variables, images, rngs={"dropout": drop_rng}, mutable=["batch_stats"])
-            model_state = {**model_state, **updates}
-        else:
-            logits = model.apply(variables, images, rngs={"dropout": drop_rng})
+        logits, model_state = apply_model(
+            model,
+            {"params": params, **model_state},
+            images,
+            update_batch_stats=train_batch_norm,
+            rngs={"dropout": drop_rng},
+        )
         return soft_cross_entropy(logits, targets), (model_state, {})
 
-    return finetuning_step(config, tx, loss_fn)
+    return training_step(config, tx, loss_fn)
 
 
 def run(config: ConfigDict, workdir: str, mesh: Mesh) -> Metrics:

@@ -12,14 +12,13 @@ from jax.sharding import Mesh
 from ml_collections import ConfigDict
 
 from clipjax.data.pipeline import pretrain_dataset, pretrain_source
-from clipjax.data.transforms import normalize_images
 from clipjax.evals.setup import make_evaluator
 from clipjax.losses import clip_distillation_losses, clip_loss, siglip_loss
 from clipjax.models import CLIP, build_clip, clamp_logit_scale
-from clipjax.models.fp8 import FP8_STATS, value_and_grad_advancing_fp8_stats
 from clipjax.train.loop import Metrics, Task, train
-from clipjax.train.optim import global_norm, lr_schedule, make_optimizer
+from clipjax.train.optim import make_optimizer
 from clipjax.train.state import TrainState
+from clipjax.train.step import apply_model, training_step
 
 
 def make_init_state(model: CLIP, tx: optax.GradientTransformation, config: ConfigDict):
@@ -44,7 +43,6 @@ def make_train_step(model: CLIP, tx: optax.GradientTransformation, config: Confi
     (1 - w) CLIP + w KD, logged beside as train/clip_loss and train/distill_loss. With a `mesh`, the fused
     loss runs sharded over its batch axes.
     """
-    schedule = lr_schedule(config.optim, config.total_steps)
     options = {"impl": config.loss.impl, "mesh": mesh, "block_size": config.loss.block_size}
     distill_weight = config.loss.distill_weight
 
@@ -79,16 +77,15 @@ def make_train_step(model: CLIP, tx: optax.GradientTransformation, config: Confi
 
     def loss_fn(params: Any, model_state: Any, batch: dict[str, jax.Array], rng: jax.Array) -> tuple[jax.Array, tuple]:
         variables = {"params": params, **model_state}
-        images = normalize_images(batch["image"], config.data.normalize)
-        rngs = {"dropout": rng}  # stochastic depth (config.model.drop_path); unused at rate 0
-        if "batch_stats" in model_state and config.model.batch_norm == "train":
-            # Batch statistics of the global batch; the step keeps the updated running averages.
-            (image_emb, text_emb, scale), updates = model.apply(
-                variables, images, batch["text"], mutable=["batch_stats"], rngs=rngs
-            )
-            model_state = {**model_state, **updates}
-        else:
-            image_emb, text_emb, scale = model.apply(variables, images, batch["text"], rngs=rngs)
+        # Stochastic depth (config.model.drop_path; unused at rate 0); MCi BatchNorms on the global batch.
+        (image_emb, text_emb, scale), model_state = apply_model(
+            model,
+            variables,
+            batch["image"],
+            batch["text"],
+            update_batch_stats=config.model.batch_norm == "train",
+            rngs={"dropout": rng},
+        )
         loss, parts = pair_loss(params, batch, image_emb, text_emb, scale, "teacher_text")
         if "text_synthetic" in batch:
             synthetic_emb = model.apply(variables, batch["text_synthetic"], method=CLIP.encode_text)
@@ -98,32 +95,17 @@ def make_train_step(model: CLIP, tx: optax.GradientTransformation, config: Confi
             # Summed over the two caption batches, each part too (as MobileCLIP's DRClipLoss).
             loss = loss + synthetic
             parts = {name: value + synthetic_parts[name] for name, value in parts.items()}
-        return loss, (scale, model_state, parts)
-
-    def train_step(state: TrainState, batch: dict[str, jax.Array]) -> tuple[TrainState, Metrics]:
-        # Randomness of step s from fold_in(rng, s): a resumed run draws what an uninterrupted one would.
-        rng = jax.random.fold_in(state.rng, state.step)
-        (loss, (scale, model_state, parts)), grads, fp8_stats = value_and_grad_advancing_fp8_stats(loss_fn)(
-            state.params, state.model_state, batch, rng
-        )
-        if fp8_stats is not None:  # delayed scaling: the amax histories advanced by this step's maxima
-            model_state = {**model_state, FP8_STATS: fp8_stats}
-        constrain = functools.partial(clamp_logit_scale, max_scale=config.model.logit_scale_max)
-        new_state, guard_metrics = state.apply_gradients(grads, loss, tx, constrain, model_state=model_state)
         metrics = {
-            "train/loss": loss,
             **{f"train/{name}_loss": value for name, value in parts.items()},
-            "train/lr": schedule(state.step),
             "train/temperature": 1.0 / scale,
             "train/logit_scale": scale,
-            "train/grad_norm": global_norm(grads),
-            **guard_metrics,
         }
-        if "logit_bias" in state.params:  # the values the step used, like the scale
-            metrics["train/logit_bias"] = state.params["logit_bias"]
-        return new_state, metrics
+        if "logit_bias" in params:  # the value the step used, like the scale
+            metrics["train/logit_bias"] = params["logit_bias"]
+        return loss, (model_state, metrics)
 
-    return train_step
+    constrain = functools.partial(clamp_logit_scale, max_scale=config.model.logit_scale_max)
+    return training_step(config, tx, loss_fn, constrain)
 
 
 def run(config: ConfigDict, workdir: str, mesh: Mesh) -> Metrics:

@@ -39,7 +39,8 @@ from clipjax.losses.segmentation import segmentation_loss
 from clipjax.models.presets import is_mci
 from clipjax.train.loop import Metrics, train
 from clipjax.train.state import TrainState
-from clipjax.train.transfer import finetuning_step, finetuning_task, model_config_from_init, optimizer_and_init
+from clipjax.train.step import training_step
+from clipjax.train.transfer import finetuning_task, model_config_from_init, optimizer_and_init
 from clipjax.weights import read_metadata
 
 DEFAULT_BEST_METRIC = "eval/miou"
@@ -72,7 +73,7 @@ def make_segment_step(model: Segmenter, tx: optax.GradientTransformation, config
             loss = loss + seg.aux_weight * aux
         return loss, ({**model_state, **updates}, parts)
 
-    return finetuning_step(config, tx, loss_fn)
+    return training_step(config, tx, loss_fn)
 
 
 def example_sizes(record: dict[str, Any], scale: tuple[int, int] | None) -> tuple[tuple[int, int], tuple[int, int]]:

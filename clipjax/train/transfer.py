@@ -20,11 +20,9 @@ import optax
 from ml_collections import ConfigDict
 
 from clipjax.config import merge_onto_defaults
-from clipjax.data.transforms import normalize_images
 from clipjax.errors import ConfigError
-from clipjax.models.fp8 import FP8_STATS, value_and_grad_advancing_fp8_stats
 from clipjax.train.loop import Metrics, Task
-from clipjax.train.optim import global_norm, lr_schedule, make_optimizer
+from clipjax.train.optim import make_optimizer
 from clipjax.train.state import TrainState
 from clipjax.train.transplant import transplant
 from clipjax.weights import METADATA_FILE, read_metadata, read_saved_variables, replace_saved
@@ -135,41 +133,6 @@ class BestWeights:
             value=value,
             **self.extra,
         )
-
-
-def finetuning_step(config: ConfigDict, tx: optax.GradientTransformation, loss_fn: Callable) -> Callable:
-    """The (state, batch) -> (state, metrics) step every finetuning task shares: images normalised on the
-    device, one AdamW update through `TrainState.apply_gradients` (skipping non-finite ones, EMA kept),
-    the loss, learning rate and gradient norm logged.
-
-    Args:
-      loss_fn: (params, model_state, batch with normalised float images, rng) -> (loss [], (new model_state,
-        {name: [] extra metrics})). rng derives from the state's rng and step, so a resumed run draws what an
-        uninterrupted one would.
-    """
-    schedule = lr_schedule(config.optim, config.total_steps)
-
-    def train_step(state: TrainState, batch: dict[str, jax.Array]) -> tuple[TrainState, Metrics]:
-        rng = jax.random.fold_in(state.rng, state.step)
-        batch = {**batch, "image": normalize_images(batch["image"], config.data.normalize)}
-        (loss, (model_state, extra)), grads, fp8_stats = value_and_grad_advancing_fp8_stats(loss_fn)(
-            state.params, state.model_state, batch, rng
-        )
-        if fp8_stats is not None:
-            model_state = {**model_state, FP8_STATS: fp8_stats}
-        new_state, guard = state.apply_gradients(
-            grads, loss, tx, model_state=model_state, ema_decay=config.optim.ema_decay
-        )
-        metrics = {
-            "train/loss": loss,
-            **extra,
-            "train/lr": schedule(state.step),
-            "train/grad_norm": global_norm(grads),
-            **guard,
-        }
-        return new_state, metrics
-
-    return train_step
 
 
 def optimizer_and_init(config: ConfigDict, model: nn.Module) -> tuple[optax.GradientTransformation, Callable]:
