@@ -91,7 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from clipjax.config import load_config
     from clipjax.errors import Preempted, UserError
     from clipjax.parallel import make_mesh
-    from clipjax.tasks import TASKS
+    from clipjax.tasks import get_task
     from clipjax.validation import validate
 
     try:
@@ -100,7 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         enable_compilation_cache(config.compilation_cache_dir)  # before anything compiles
         distributed.initialize(command.distributed)  # before anything asks JAX for devices
         workdir = command.workdir
-        validate(config, num_devices=jax.device_count(), process_count=jax.process_count(), tasks=tuple(TASKS))
+        validate(config, num_devices=jax.device_count(), process_count=jax.process_count())
         mesh = make_mesh(config.mesh)
         if jax.process_index() == 0:
             per_device = config.batch_size // jax.device_count()
@@ -111,7 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"{layout}, global batch {config.batch_size} ({per_device} per device), {config.total_steps} steps",
                 flush=True,
             )
-        summary = TASKS[config.task](config, workdir, mesh)
+        summary = get_task(config.task).run(config, workdir, mesh)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         return e.exit_status

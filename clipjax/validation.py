@@ -1,4 +1,9 @@
-"""Config validation before anything compiles: each problem is one line naming the key and the fix."""
+"""Config validation before anything compiles: each problem is one line naming the key and the fix.
+
+What holds for every task is checked here; what a task declares in its `TaskSpec` (clipjax/tasks/spec.py) is
+applied here too (whether it takes config.init, its data kinds, the finetuning settings); the rest of a task's
+settings are checked by the task's own `validate`.
+"""
 
 from __future__ import annotations
 
@@ -7,23 +12,9 @@ import math
 from ml_collections import ConfigDict
 
 from clipjax.config import choice
-from clipjax.data.classification import CLASSIFICATION_KINDS
-from clipjax.data.depth import DEPTH_KINDS
-from clipjax.data.detection import DETECTION_KINDS
-from clipjax.data.pipeline import CAPTION_POLICIES, DATA_KINDS
-from clipjax.data.segmentation import SEGMENTATION_KINDS
 from clipjax.data.transforms import NORMALIZATIONS
 from clipjax.errors import ConfigError
-from clipjax.evals.coco_metrics import STAT_NAMES
-from clipjax.evals.depth_metrics import DEPTH_METRICS
-from clipjax.evals.segmentation import INFERENCE_MODES
 from clipjax.evals.setup import CLASSNAME_SOURCES, ZEROSHOT_KINDS
-from clipjax.heads.classification import POOLS
-from clipjax.heads.detection.anchors import ANCHOR_SIZES
-from clipjax.heads.detection.boxes import CASCADE_WEIGHTS
-from clipjax.heads.detection.mask_rcnn import BOX_LOSSES
-from clipjax.heads.segmentation import DECODERS
-from clipjax.losses.contrastive import IMPLEMENTATIONS, LOSS_KINDS
 from clipjax.models.fp8 import FP8_RECIPES
 from clipjax.models.layers import ACTIVATIONS, ATTENTION_IMPLEMENTATIONS, REMAT_POLICIES, attention_implementation
 from clipjax.models.presets import (
@@ -36,20 +27,15 @@ from clipjax.models.presets import (
 )
 from clipjax.models.vit import VIT_LAYOUTS, VIT_STEMS
 from clipjax.parallel import mesh_shape
+from clipjax.tasks import data_kinds, get_task
+from clipjax.tasks.spec import TaskSpec
 from clipjax.tokenizer import VOCAB_SIZE
 from clipjax.train.optim import SCHEDULES
 
-FINETUNING_TASKS = (
-    "finetune",
-    "depth",
-    "segment",
-    "detect",
-)  # tasks that start from config.init's image tower and add a head
 
-
-def validate(config: ConfigDict, *, num_devices: int, process_count: int, tasks: tuple[str, ...]) -> None:
+def validate(config: ConfigDict, *, num_devices: int, process_count: int) -> None:
     """Raises ConfigError for the first problem found in `config` for a job on `num_devices` devices."""
-    choice("config.task", config.task, tasks)
+    spec = get_task(config.task)
     for key in ("batch_size", "total_steps", "log_every", "checkpoint_every", "keep_checkpoints", "stop_check_every"):
         if config[key] < 1:
             raise ConfigError(f"config.{key}={config[key]} must be at least 1")
@@ -58,30 +44,26 @@ def validate(config: ConfigDict, *, num_devices: int, process_count: int, tasks:
             raise ConfigError(f"config.{key}={config[key]} must be 0 (off) or positive")
     if config.preemption_grace_s <= 0:
         raise ConfigError(f"config.preemption_grace_s={config.preemption_grace_s} must be positive")
-    if config.task == "evaluate" and not config.init:
+    if spec.init == "required" and not config.init:
         raise ConfigError(
-            "config.init is required with config.task='evaluate': pass the weights, e.g. --config.init=DIR from "
+            f"config.init is required with config.task={spec.name!r}: pass the weights, e.g. --config.init=DIR from "
             "`python -m clipjax.convert` or a pretraining workdir"
         )
-    if config.task == "pretrain" and config.init is not None:
+    if spec.init == "none" and config.init is not None:
         raise ConfigError(
-            f"config.init={config.init!r}: task {config.task!r} starts from random weights (and resumes from its "
+            f"config.init={config.init!r}: task {spec.name!r} starts from random weights (and resumes from its "
             "workdir); unset config.init"
         )
     _validate_local_paths(config)
     _validate_model(config.model)
     _validate_data(config)
     _validate_eval(config.eval)
-    if config.task in FINETUNING_TASKS:
-        _validate_finetuning(config)
-        if config.task == "finetune":
-            _validate_classification(config)
-        elif config.task == "depth":
-            _validate_depth(config)
-        elif config.task == "detect":
-            _validate_detection(config)
-        else:
-            _validate_segmentation(config)
+    if spec.validate is not None:
+        spec.validate(config)
+    if spec.data_kinds:
+        choice(f"config.data.kind ({spec.label})", config.data.kind, spec.data_kinds)
+    if spec.finetunes:
+        _validate_finetuning(config, spec)
     elif config.optim.layer_decay != 1 or config.optim.ema_decay != 0:
         raise ConfigError(
             f"config.optim.layer_decay / ema_decay are finetuning settings; task {config.task!r} needs 1.0 / 0.0"
@@ -182,20 +164,8 @@ def _validate_model(model: ConfigDict) -> None:
 
 def _validate_data(config: ConfigDict) -> None:
     data = config.data
-    choice("config.data.kind", data.kind, DATA_KINDS)
-    choice("config.data.captions", data.captions, CAPTION_POLICIES)
+    choice("config.data.kind", data.kind, data_kinds())
     choice("config.data.normalize", data.normalize, NORMALIZATIONS)
-    choice("config.loss.impl", config.loss.impl, IMPLEMENTATIONS)
-    choice("config.loss.kind", config.loss.kind, LOSS_KINDS)
-    if config.loss.block_size < 1:
-        raise ConfigError(f"config.loss.block_size={config.loss.block_size} must be at least 1")
-    if config.loss.kind == "siglip" and config.model.logit_bias_init is None:
-        raise ConfigError(
-            "config.loss.kind='siglip' needs a logit bias: set config.model.logit_bias_init=-10 "
-            "(and config.model.temperature_init=0.1, SigLIP's initial scale of 10)"
-        )
-    if not 0.0 <= data.synthetic_prob <= 1.0:
-        raise ConfigError(f"config.data.synthetic_prob={data.synthetic_prob} must lie in [0, 1]")
     if data.prefetch_to_device < 0:
         raise ConfigError(f"config.data.prefetch_to_device={data.prefetch_to_device} must be 0 (off) or more batches")
     if len(data.crop_scale) != 2 or not 0 < data.crop_scale[0] <= data.crop_scale[1] <= 1:
@@ -207,42 +177,11 @@ def _validate_data(config: ConfigDict) -> None:
             f"config.data.path is required with config.data.kind={data.kind!r}; "
             "pass e.g. --config.data.path=/data/shards/{00000..00099}.tar"
         )
-    if config.task == "pretrain" and data.kind == "webdataset" and data.captions != "real" and not data.synthetic_path:
-        raise ConfigError(
-            f"config.data.captions={data.captions!r} needs synthetic captions: pass the DataCompDR shards, e.g. "
-            "--config.data.synthetic_path=/data/datacompdr/{00000..00099}.tar, or use --config.data.captions=real"
-        )
-    if config.task == "pretrain":
-        _validate_distillation(config)
 
 
-def _validate_distillation(config: ConfigDict) -> None:
-    loss, data = config.loss, config.data
-    if not 0.0 <= loss.distill_weight <= 1.0:
-        raise ConfigError(f"config.loss.distill_weight={loss.distill_weight} must lie in [0, 1] (0: no distillation)")
-    if loss.distill_weight == 0:
-        return
-    if loss.kind != "clip":
-        raise ConfigError(f"config.loss.distill_weight needs config.loss.kind='clip', not {loss.kind!r}")
-    if data.kind != "webdataset" or not data.synthetic_path:
-        raise ConfigError(
-            "config.loss.distill_weight > 0 reads the teacher embeddings stored in DataCompDR shards: set "
-            "config.data.kind='webdataset' and config.data.synthetic_path=/data/datacompdr/{00000..00099}.tar"
-        )
-    if data.flip:
-        raise ConfigError(
-            "config.data.flip must be False with distillation: the stored augmentation is replayed as the "
-            "teacher saw it"
-        )
-    dims = tuple(loss.teacher_dims)
-    if not dims or any(not isinstance(d, int) or d < 1 for d in dims):
-        raise ConfigError(f"config.loss.teacher_dims={dims} must be the positive widths of the teacher's members")
-    if not loss.teacher_scale > 0:
-        raise ConfigError(f"config.loss.teacher_scale={loss.teacher_scale} must be positive")
-
-
-def _validate_finetuning(config: ConfigDict) -> None:
-    """What every finetuning task shares: evaluation sizes, layer decay, EMA."""
+def _validate_finetuning(config: ConfigDict, spec: TaskSpec) -> None:
+    """What every finetuning task shares: evaluation sizes, layer decay, EMA, an MCi tower's BatchNorms, the
+    metric whose best weights are kept."""
     tune = config.finetune
     if tune.eval_batch_size < 1 or (tune.eval_examples is not None and tune.eval_examples < 1):
         raise ConfigError("config.finetune: eval_batch_size and eval_examples (when set) must be at least 1")
@@ -250,128 +189,16 @@ def _validate_finetuning(config: ConfigDict) -> None:
         raise ConfigError(f"config.optim.layer_decay={config.optim.layer_decay} must lie in (0, 1]")
     if not 0 <= config.optim.ema_decay < 1:
         raise ConfigError(f"config.optim.ema_decay={config.optim.ema_decay} must lie in [0, 1)")
-
-
-def _best_metric(config: ConfigDict, names: tuple[str, ...]) -> None:
-    """config.finetune.best_metric, when set, must be one the task's evaluation logs."""
+    if spec.trains_batch_norm and is_mci(config.model.name) and config.model.batch_norm != "train":
+        raise ConfigError(
+            f"config.model.batch_norm={config.model.batch_norm!r}: task {spec.name!r} trains an MCi tower's "
+            "BatchNorms with its head's; use 'train'"
+        )
+    # config.finetune.best_metric, when set, must be one the task's evaluation logs.
     prefixes = ("eval", "eval_ema") if config.optim.ema_decay else ("eval",)
-    if config.finetune.best_metric is not None:
-        metrics = tuple(f"{prefix}/{name}" for prefix in prefixes for name in names)
-        choice("config.finetune.best_metric", config.finetune.best_metric, metrics)
-
-
-def _validate_classification(config: ConfigDict) -> None:
-    tune = config.finetune
-    choice("config.data.kind (finetuning)", config.data.kind, CLASSIFICATION_KINDS)
-    choice("config.finetune.pool", tune.pool, POOLS)
-    if tune.num_classes is not None and tune.num_classes < 1:
-        raise ConfigError(f"config.finetune.num_classes={tune.num_classes} must be at least 1 (or None)")
-    for key in ("mixup_alpha", "cutmix_alpha", "randaugment_ops", "randaugment_magnitude_std", "head_init_std"):
-        if tune[key] < 0:
-            raise ConfigError(f"config.finetune.{key}={tune[key]} must be >= 0")
-    for key in ("mix_switch_prob", "mix_prob", "random_erasing"):
-        if not 0 <= tune[key] <= 1:
-            raise ConfigError(f"config.finetune.{key}={tune[key]} must lie in [0, 1]")
-    if not 0 <= tune.label_smoothing < 1:
-        raise ConfigError(f"config.finetune.label_smoothing={tune.label_smoothing} must lie in [0, 1)")
-    if not 0 <= tune.randaugment_magnitude <= 10:
-        raise ConfigError(f"config.finetune.randaugment_magnitude={tune.randaugment_magnitude} must lie in [0, 10]")
-    if not 0 < tune.eval_crop_ratio <= 1:
-        raise ConfigError(f"config.finetune.eval_crop_ratio={tune.eval_crop_ratio} must lie in (0, 1]")
-    _best_metric(config, ("top1", "top5"))
-
-
-def _validate_depth(config: ConfigDict) -> None:
-    depth = config.depth
-    choice("config.data.kind (depth)", config.data.kind, DEPTH_KINDS)
-    if not 0 < depth.min_depth < depth.max_depth:
-        raise ConfigError(f"config.depth: need 0 < min_depth < max_depth, got {depth.min_depth} and {depth.max_depth}")
-    if not 0 <= depth.silog_lambda <= 1:
-        raise ConfigError(f"config.depth.silog_lambda={depth.silog_lambda} must lie in [0, 1]")
-    if depth.channels < 1 or depth.num_deconv < 0 or depth.eval_stride < 1:
-        raise ConfigError("config.depth: need channels >= 1, num_deconv >= 0 and eval_stride >= 1")
-    if is_mci(config.model.name) and config.model.batch_norm != "train":
-        # The head's BatchNorms train on batch statistics, and an MCi tower's follow the same switch.
-        raise ConfigError(
-            f"config.model.batch_norm={config.model.batch_norm!r}: depth finetuning trains an MCi tower's "
-            "BatchNorms with the head's; use 'train'"
-        )
-    _best_metric(config, DEPTH_METRICS)
-
-
-def _validate_segmentation(config: ConfigDict) -> None:
-    seg = config.segmentation
-    choice("config.data.kind (segmentation)", config.data.kind, SEGMENTATION_KINDS)
-    if seg.decoder is not None:
-        choice("config.segmentation.decoder", seg.decoder, DECODERS)
-    choice("config.segmentation.mode", seg.mode, INFERENCE_MODES)
-    if config.model.image_size % 32:
-        raise ConfigError(f"config.model.image_size={config.model.image_size}: segmentation needs a multiple of 32")
-    if seg.mode == "whole" and not is_mci(config.model.name):
-        raise ConfigError(
-            "config.segmentation.mode='whole' needs a tower that takes any image size (MCi); a ViT's position "
-            "embeddings fix its input, so use mode='slide'"
-        )
-    if seg.aux_weight < 0 or not 0 <= seg.label_smoothing < 1 or not 0 < seg.cat_max_ratio <= 1:
-        raise ConfigError("config.segmentation: need aux_weight >= 0, 0 <= label_smoothing < 1, 0 < cat_max_ratio <= 1")
-    if not 0 < seg.ratio_range[0] <= seg.ratio_range[1] or seg.eval_stride < 1 or seg.eval_bucket < 1:
-        raise ConfigError(
-            "config.segmentation: need 0 < ratio_range[0] <= ratio_range[1], eval_stride >= 1, eval_bucket >= 1"
-        )
-    if seg.eval_bucket % 32:
-        raise ConfigError(
-            f"config.segmentation.eval_bucket={seg.eval_bucket} must be a multiple of 32 (the towers' stride)"
-        )
-    if is_mci(config.model.name) and config.model.batch_norm != "train":
-        raise ConfigError(
-            f"config.model.batch_norm={config.model.batch_norm!r}: segmentation trains an MCi tower's BatchNorms "
-            "with the decoder's; use 'train'"
-        )
-    _best_metric(config, ("miou", "macc", "aacc"))
-
-
-def _validate_detection(config: ConfigDict) -> None:
-    det = config.detection
-    choice("config.data.kind (detection)", config.data.kind, DETECTION_KINDS)
-    choice("config.detection.box_loss", det.box_loss, BOX_LOSSES)
-    if config.model.image_size % 64:
-        raise ConfigError(f"config.model.image_size={config.model.image_size}: detection needs a multiple of 64")
-    if len(det.anchor_sizes) != len(ANCHOR_SIZES) or min(det.anchor_sizes) <= 0:
-        raise ConfigError(
-            f"config.detection.anchor_sizes={tuple(det.anchor_sizes)}: one positive size per pyramid stride "
-            f"{tuple(ANCHOR_SIZES)}"
-        )
-    ious = tuple(det.stage_ious)
-    if not 0 < len(ious) <= len(CASCADE_WEIGHTS) or list(ious) != sorted(ious) or not all(0 < t < 1 for t in ious):
-        raise ConfigError(
-            f"config.detection.stage_ious={ious}: 1 to {len(CASCADE_WEIGHTS)} increasing IoU thresholds in (0, 1)"
-        )
-    blocks = () if det.global_blocks is None or is_mci(config.model.name) else tuple(det.global_blocks)
-    if det.window_size < 0 or any(not 0 <= b < image_tower_dims(config.model)["depth"] for b in blocks):
-        raise ConfigError(
-            f"config.detection: window_size={det.window_size} must be >= 0 and global_blocks={tuple(det.global_blocks)}"
-            " indices of the tower's blocks"
-        )
-    depth = 0 if is_mci(config.model.name) else image_tower_dims(config.model)["depth"]
-    if config.model.scan and det.window_size and len(set(blocks)) < depth:
-        raise ConfigError(
-            f"config.model.scan=True cannot step ViTDet's windowed and global blocks as one (detection.window_size="
-            f"{det.window_size}); set config.model.scan=False"
-        )
-    for key in ("rpn_samples", "roi_samples", "detections_per_image", "pre_nms_candidates", "max_instances"):
-        if det[key] < 1:
-            raise ConfigError(f"config.detection.{key}={det[key]} must be at least 1")
-    for key in ("rpn_positive_fraction", "roi_positive_fraction", "rpn_nms", "nms_threshold"):
-        if not 0 < det[key] <= 1:
-            raise ConfigError(f"config.detection.{key}={det[key]} must lie in (0, 1]")
-    if not 0 < det.scale_range[0] <= det.scale_range[1]:
-        raise ConfigError(f"config.detection.scale_range={tuple(det.scale_range)}: need 0 < low <= high")
-    if is_mci(config.model.name) and config.model.batch_norm != "train":
-        raise ConfigError(
-            f"config.model.batch_norm={config.model.batch_norm!r}: detection trains an MCi tower's BatchNorms "
-            "with the heads'; use 'train'"
-        )
-    _best_metric(config, tuple(f"{kind}_{m}" for kind in ("box", "mask") for m in STAT_NAMES))
+    if tune.best_metric is not None:
+        metrics = tuple(f"{prefix}/{name}" for prefix in prefixes for name in spec.metrics)
+        choice("config.finetune.best_metric", tune.best_metric, metrics)
 
 
 def _validate_eval(evaluation: ConfigDict) -> None:

@@ -11,8 +11,6 @@ from clipjax.defaults import base_config
 from clipjax.main import main, parse_command_line
 from clipjax.validation import validate
 
-TASKS = ("pretrain", "evaluate")
-
 
 def write_config(tmp_path, body):
     path = tmp_path / "cfg.py"
@@ -103,7 +101,7 @@ def valid_demo(repo_root):
         ({"mesh.data": "3"}, "config.mesh: mesh sizes"),
         ({"model.image.heads": "5"}, "config.model.image.width=128 is not divisible by heads=5"),
         ({"model.image_size": "60"}, "config.model.image_size=60 is not divisible by the patch size"),
-        ({"task": "segment"}, "config.task='segment' is not one of 'pretrain'"),
+        ({"task": "segmnet"}, "config.task='segmnet' is not one of 'depth', 'detect', 'evaluate', 'finetune', 'pretrain'"),
         ({"init": "/ckpt"}, "unset config.init"),
         ({"model.image.patch_size": "12"}, "config.model.image.stem='conv' needs a power-of-two patch size"),
         ({"model.image.stem": "hybrid"}, "config.model.image.stem='hybrid' is not one of"),
@@ -145,20 +143,20 @@ def test_validation_errors(repo_root, overrides, message):
     for key, value in overrides.items():
         apply_override(config, key, value)
     with pytest.raises(ConfigError) as error:
-        validate(config, num_devices=8, process_count=1, tasks=TASKS)
+        validate(config, num_devices=8, process_count=1)
     assert message in str(error.value)
     assert "\n" not in str(error.value)
 
 
 def test_valid_configs_pass(repo_root):
-    validate(valid_demo(repo_root), num_devices=8, process_count=1, tasks=TASKS)
+    validate(valid_demo(repo_root), num_devices=8, process_count=1)
     paths = [("data.path", "/x"), ("data.synthetic_path", "/y"), ("eval.zeroshot.path", "/tfds")]
     config = load_config(os.path.join(repo_root, "configs", "pretrain", "vit_b16_datacompdr.py"), paths)
-    validate(config, num_devices=8, process_count=1, tasks=TASKS)
+    validate(config, num_devices=8, process_count=1)
     assert config.loss.distill_weight == 0.0
     for name, weight in [("vit_b16_datacompdr.py:distill=0.75", 0.75), ("mci_datacompdr.py:model=mci0,distill=1", 1.0)]:
         distilled = load_config(os.path.join(repo_root, "configs", "pretrain", name), paths)
-        validate(distilled, num_devices=8, process_count=1, tasks=TASKS)
+        validate(distilled, num_devices=8, process_count=1)
         assert (distilled.loss.distill_weight, tuple(distilled.loss.teacher_dims)) == (weight, (768, 768))
 
 
@@ -183,7 +181,7 @@ def test_paper_configs_differ_in_captions_only(repo_root, steps):
         os.path.join(directory, f"vit_b16_datacomp.py:steps={steps}"),
         [("data.path", "/x"), ("eval.zeroshot.path", "/t")],
     )
-    validate(runnable, num_devices=8, process_count=1, tasks=TASKS)
+    validate(runnable, num_devices=8, process_count=1)
 
 
 def test_command_line_parsing():
@@ -252,7 +250,7 @@ def test_cluster_presets_fit_their_machines(repo_root, cluster, devices, hosts):
     paths = [("data.path", "/x"), ("data.synthetic_path", "/y"), ("eval.zeroshot.path", "/t")]
     spec = os.path.join(repo_root, "configs", "pretrain", f"vit_b16_datacompdr.py:cluster={cluster}")
     config = load_config(spec, paths)
-    validate(config, num_devices=devices, process_count=hosts, tasks=TASKS)
+    validate(config, num_devices=devices, process_count=hosts)
     assert config.batch_size // devices == {32: 2048, 64: 1024, 16: 4096}[devices]
     with pytest.raises(ConfigError, match="argument cluster='v3-8' is not one of"):
         load_config(spec.replace(cluster, "v3-8"), paths)

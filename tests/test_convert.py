@@ -237,10 +237,10 @@ def test_mobileclip_b_settings_are_checked_and_older_configs_resume_as_clip_layo
 
     config = load_config("configs/demo.py", [("model.image.stem", "mci")])  # the demo's ViT has 8 px patches
     with pytest.raises(ConfigError, match="stem='mci'.*16x16 patches, got patch size 8"):
-        validate(config, num_devices=8, process_count=1, tasks=("pretrain",))
+        validate(config, num_devices=8, process_count=1)
     config = load_config("configs/demo.py", [("model.image.layout", "openai")])
     with pytest.raises(ConfigError, match="config.model.image.layout"):
-        validate(config, num_devices=8, process_count=1, tasks=("pretrain",))
+        validate(config, num_devices=8, process_count=1)
     # A config saved before model.image.layout existed meant CLIP's layout: resuming it is fine, a switch is not.
     saved = load_config("configs/demo.py", []).to_dict()
     del saved["model"]["image"]["layout"]

@@ -23,8 +23,6 @@ from clipjax.weights import read_metadata
 from tests.test_depth_data import motorcycle
 from tests.test_finetune import metrics_rows, tiny_model_flags
 
-TASKS = ("pretrain", "evaluate", "finetune", "depth")
-
 
 def test_window_starts_cover_the_image_with_the_last_window_flush():
     assert window_starts(640, 480, 320) == [0, 160]
@@ -110,16 +108,16 @@ def test_depth_evaluator_is_exact_over_windows_flips_and_padding():
 def test_depth_config_errors_are_one_line():
     config = load_config("configs/depth/demo.py", [("data.kind", "folder"), ("data.path", "/x")])
     with pytest.raises(ConfigError, match=r"config.data.kind \(depth\)"):
-        validate(config, num_devices=8, process_count=1, tasks=TASKS)
+        validate(config, num_devices=8, process_count=1)
     config = load_config("configs/depth/demo.py", [("finetune.best_metric", "eval/top1")])
     with pytest.raises(ConfigError, match="best_metric"):
-        validate(config, num_devices=8, process_count=1, tasks=TASKS)
+        validate(config, num_devices=8, process_count=1)
     config = load_config("configs/depth/nyu_mci.py:model=mci0", [("model.batch_norm", "frozen"), ("data.path", "/d")])
     with pytest.raises(ConfigError, match="batch_norm"):
-        validate(config, num_devices=8, process_count=1, tasks=TASKS)
+        validate(config, num_devices=8, process_count=1)
     for name in ("configs/depth/nyu_vit_b16.py", "configs/depth/nyu_mci.py:model=mci1"):
         config = load_config(name, [("data.path", "/data/nyu")])
-        validate(config, num_devices=8, process_count=1, tasks=TASKS)
+        validate(config, num_devices=8, process_count=1)
     assert load_config("configs/depth/nyu_vit_b16.py", []).total_steps == 25 * (24_231 // 24)
 
 

@@ -29,7 +29,6 @@ from clipjax.weights import read_metadata
 from tests.coco_fixture import make_coco
 from tests.test_finetune import metrics_rows, tiny_model_flags
 
-TASKS = ("pretrain", "evaluate", "finetune", "depth", "segment", "detect")
 SIZE = 128
 TARGET_KEYS = ("boxes", "classes", "masks")
 
@@ -114,10 +113,10 @@ def test_detect_config_errors_are_one_line():
     for overrides, message in cases:
         config = load_config("configs/detect/demo.py", overrides)
         with pytest.raises(ConfigError, match=message):
-            validate(config, num_devices=8, process_count=1, tasks=TASKS)
+            validate(config, num_devices=8, process_count=1)
     for name in ("coco_vit_b16_mask_rcnn.py", "coco_vit_b16_cascade.py", "coco_mci.py:model=mci0"):
         config = load_config(f"configs/detect/{name}", [("data.path", "/x")])
-        validate(config, num_devices=8, process_count=1, tasks=TASKS)
+        validate(config, num_devices=8, process_count=1)
 
 
 def test_detection_on_the_coco_layout_writes_results_and_keeps_the_best(coco_root, tmp_path):

@@ -21,8 +21,6 @@ from clipjax.weights import read_metadata, read_saved_variables
 from tests.shards import encode, photos
 from tests.test_labelled import write_folder, write_tfds
 
-TASKS = ("pretrain", "evaluate", "finetune")
-
 
 def tiny_model_flags(width=32, depth=2, size=32):
     return [
@@ -153,15 +151,15 @@ def test_finetune_config_errors_are_one_line():
     config.data.kind = "webdataset"
     config.data.path = "/x/{0..1}.tar"
     with pytest.raises(ConfigError, match="config.data.kind \\(finetuning\\)"):
-        validate(config, num_devices=8, process_count=1, tasks=TASKS)
+        validate(config, num_devices=8, process_count=1)
     config = load_config(
         "configs/finetune/demo.py", [("optim.ema_decay", "0.0"), ("finetune.best_metric", "eval_ema/top1")]
     )
     with pytest.raises(ConfigError, match="best_metric"):
-        validate(config, num_devices=8, process_count=1, tasks=TASKS)
+        validate(config, num_devices=8, process_count=1)
     for name in ("configs/finetune/imagenet_vit_b16.py", "configs/finetune/imagenet_mci.py:model=mci0"):
         config = load_config(name, [("data.path", "/data/tfds")])
-        validate(config, num_devices=8, process_count=1, tasks=TASKS)
+        validate(config, num_devices=8, process_count=1)
     assert load_config("configs/finetune/imagenet_vit_b16.py", []).total_steps == 125_100
     assert load_config("configs/finetune/imagenet_vit_b16.py", []).optim.lr == pytest.approx(2e-3)
 

@@ -213,7 +213,7 @@ def test_fp8_clip_has_the_same_parameters_and_close_embeddings():
         assert float(cosine.min()) > 0.99 and float(jnp.abs(e - r).max()) > 0
     config.model.fp8_matmuls = "fp16"
     with pytest.raises(ConfigError, match="config.model.fp8_matmuls"):
-        validate(config, num_devices=1, process_count=1, tasks=("pretrain",))
+        validate(config, num_devices=1, process_count=1)
 
 
 def test_a_pretraining_step_with_delayed_scaling_records_each_layers_maxima():
@@ -258,7 +258,7 @@ def test_a_pretraining_step_with_delayed_scaling_records_each_layers_maxima():
     assert jax.tree.structure(second.params) == jax.tree.structure(state.params)
     config.model.fp8_amax_history = -1
     with pytest.raises(ConfigError, match="config.model.fp8_amax_history=-1 must be a non-negative integer"):
-        validate(config, num_devices=1, process_count=1, tasks=("pretrain",))
+        validate(config, num_devices=1, process_count=1)
 
 
 def test_the_finetuning_step_advances_delayed_scaling_histories_beside_the_update():

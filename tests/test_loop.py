@@ -14,7 +14,7 @@ import orbax.checkpoint as ocp
 import pytest
 from ml_collections import ConfigDict
 
-from clipjax.data.pipeline import host_batches
+from clipjax.data.batching import host_batches
 from clipjax.data.skips import skipped
 from clipjax.defaults import base_config
 from clipjax.errors import ConfigError, Preempted, UserError

@@ -93,7 +93,7 @@ def test_frozen_batch_norm_keeps_the_statistics():
 def test_mci_pretraining_configs_follow_mobileclip(repo_root, name):
     paths = [("data.path", "/x"), ("data.synthetic_path", "/y"), ("eval.zeroshot.path", "/t")]
     config = load_config(os.path.join(repo_root, "configs", "pretrain", f"mci_datacompdr.py:model={name}"), paths)
-    validate(config, num_devices=64, process_count=8, tasks=("pretrain",))
+    validate(config, num_devices=64, process_count=8)
     assert (config.model.name, config.model.image_size, config.data.normalize) == (name, 256, "none")
     assert (config.model.batch_norm, config.batch_size, config.data.captions) == ("train", 65_536, "both")
     assert (config.optim.lr, config.optim.weight_decay, config.optim.b2) == (1e-3, 0.2, 0.95)

@@ -170,7 +170,7 @@ def test_hosts_that_read_different_shards_stop_before_training(monkeypatch, tmp_
 
     from clipjax import distributed
     from clipjax.config import load_config
-    from clipjax.data.pipeline import pretrain_source
+    from clipjax.data.pretrain import pretrain_source
     from clipjax.data.webdataset import WebDatasetSource, expand_shards
     from clipjax.errors import UserError
     from tests.shards import write_datasets

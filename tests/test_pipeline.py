@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from clipjax.data.pipeline import pretrain_dataset, pretrain_source
+from clipjax.data.pretrain import pretrain_dataset, pretrain_source
 from clipjax.data.synthetic import SyntheticScenes
 from clipjax.defaults import base_config
 from clipjax.tokenizer import tokenize

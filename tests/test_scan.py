@@ -17,7 +17,7 @@ from clipjax.train.layer_decay import layer_lr_scales
 from clipjax.train.loop import shard_functions
 from clipjax.train.optim import make_optimizer, weight_decay_mask
 from clipjax.validation import validate
-from clipjax.weights import transplant
+from clipjax.train.transplant import transplant
 from tests.helpers import tiny_config
 
 
@@ -198,4 +198,4 @@ def test_real_sharded_step_with_scan_matches_the_unscanned_step():
 def test_scan_with_vitdet_windows_is_a_config_error():
     config = load_config("configs/detect/demo.py", [("model.scan", "True")])
     with pytest.raises(ConfigError, match="config.model.scan=True cannot step ViTDet"):
-        validate(config, num_devices=1, process_count=1, tasks=("detect",))
+        validate(config, num_devices=1, process_count=1)

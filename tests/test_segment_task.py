@@ -16,7 +16,6 @@ from clipjax.weights import read_metadata
 from tests.test_finetune import metrics_rows, tiny_model_flags
 from tests.test_segmentation_data import photo, raw_label
 
-TASKS = ("pretrain", "evaluate", "finetune", "depth", "segment")
 # (split, stem, photo, size of the stored image): originals of several sizes and orientations.
 FILES = (
     ("training", "ADE_train_00000001", "coffee", (96, 144)),
@@ -43,19 +42,19 @@ def small_ade(tmp_path_factory):
 def test_segment_config_errors_are_one_line():
     config = load_config("configs/segment/demo.py", [("data.kind", "nyu"), ("data.path", "/x")])
     with pytest.raises(ConfigError, match=r"config.data.kind \(segmentation\)"):
-        validate(config, num_devices=8, process_count=1, tasks=TASKS)
+        validate(config, num_devices=8, process_count=1)
     config = load_config("configs/segment/demo.py", [("finetune.best_metric", "eval/rmse")])
     with pytest.raises(ConfigError, match="best_metric"):
-        validate(config, num_devices=8, process_count=1, tasks=TASKS)
+        validate(config, num_devices=8, process_count=1)
     config = load_config("configs/segment/demo.py", [("segmentation.mode", "tiles")])
     with pytest.raises(ConfigError, match="config.segmentation.mode"):
-        validate(config, num_devices=8, process_count=1, tasks=TASKS)
+        validate(config, num_devices=8, process_count=1)
     config = load_config("configs/segment/demo.py", [("segmentation.mode", "whole")])
     with pytest.raises(ConfigError, match="mode='whole' needs a tower"):
-        validate(config, num_devices=8, process_count=1, tasks=TASKS)
+        validate(config, num_devices=8, process_count=1)
     config = load_config("configs/segment/demo.py", [("model.image_size", "48")])
     with pytest.raises(ConfigError, match="multiple of 32"):
-        validate(config, num_devices=8, process_count=1, tasks=TASKS)
+        validate(config, num_devices=8, process_count=1)
 
 
 def test_segmentation_on_the_ade20k_layout_scores_original_sizes_and_keeps_the_best(small_ade, tmp_path):

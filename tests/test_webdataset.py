@@ -15,9 +15,9 @@ from torchvision.transforms.autoaugment import _apply_op
 
 from clipjax.data import tar_index
 from clipjax.data.augment import TORCHVISION_RAND_AUGMENT_OPS
+from clipjax.data.batching import host_batches
 from clipjax.data.datacomp import webdataset_example
 from clipjax.data.images import decode_image
-from clipjax.data.pipeline import host_batches
 from clipjax.data.webdataset import WebDatasetSource, expand_shards
 from clipjax.tokenizer import tokenize
 from tests.shards import AUGMENTATIONS, TEACHER_WIDTH, write_datasets

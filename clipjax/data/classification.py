@@ -17,10 +17,10 @@ from ml_collections import ConfigDict
 
 from clipjax.data import synthetic
 from clipjax.data.augment import rand_augment, random_erasing
+from clipjax.data.batching import configured_batches
 from clipjax.data.images import BadImage, decode_image, random_resized_crop
 from clipjax.data.labelled import ImageFolderSource, TfdsSource
 from clipjax.data.layouts import naming_the_layout
-from clipjax.data.pipeline import configured_batches
 from clipjax.data.skips import skipped
 from clipjax.data.transforms import CLIP_MEAN, CLIP_STD
 from clipjax.errors import ConfigError

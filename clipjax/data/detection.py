@@ -32,10 +32,10 @@ import pycocotools.mask as mask_util
 from ml_collections import ConfigDict
 
 from clipjax.data import synthetic
+from clipjax.data.batching import configured_batches
 from clipjax.data.coco import CocoSource, instance_masks
 from clipjax.data.images import BadImage, record_image
 from clipjax.data.layouts import naming_the_layout
-from clipjax.data.pipeline import configured_batches
 from clipjax.data.skips import skipped
 from clipjax.data.transforms import BLACK, padding_pixel
 from clipjax.errors import ConfigError

@@ -29,9 +29,9 @@ import numpy as np
 from ml_collections import ConfigDict
 
 from clipjax.data import synthetic
+from clipjax.data.batching import configured_batches
 from clipjax.data.images import BadImage, decode_map, record_image
 from clipjax.data.layouts import naming_the_layout
-from clipjax.data.pipeline import configured_batches
 from clipjax.data.skips import skipped
 from clipjax.data.transforms import BLACK, padding_pixel
 from clipjax.errors import ConfigError

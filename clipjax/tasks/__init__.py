@@ -1,12 +1,69 @@
-"""Tasks: each is a `run(config, workdir, mesh) -> summary metrics` built on the shared train loop."""
+"""Tasks: each module here that defines `TASK = TaskSpec(...)` is a task (`config.task` names it).
 
-from clipjax.tasks import depth, detect, evaluate, finetune, pretrain, segment
+A task from outside clipjax registers its spec with `register(spec)` before the config is validated, e.g. at
+the top of its config file, which `python -m clipjax.main --config=...` executes first.
+"""
 
-TASKS = {
-    "pretrain": pretrain.run,
-    "evaluate": evaluate.run,
-    "finetune": finetune.run,
-    "depth": depth.run,
-    "segment": segment.run,
-    "detect": detect.run,
-}
+from __future__ import annotations
+
+import importlib
+import pkgutil
+
+from clipjax.errors import ConfigError
+from clipjax.tasks.spec import TaskSpec
+
+_REGISTERED: dict[str, TaskSpec] = {}
+_COLLECTED = False
+
+
+def _collect_built_in() -> None:
+    """Imports every module of this package once and registers the spec it declares."""
+    global _COLLECTED
+    if _COLLECTED:
+        return
+    _COLLECTED = True
+    for module in pkgutil.iter_modules(__path__):
+        spec = getattr(importlib.import_module(f"{__name__}.{module.name}"), "TASK", None)
+        if isinstance(spec, TaskSpec):
+            register(spec)
+
+
+def register(spec: TaskSpec) -> TaskSpec:
+    """Makes `spec` selectable as `config.task=spec.name`; registering the same spec again is a no-op.
+
+    Raises:
+      ValueError: another task of the same name is registered.
+    """
+    known = _REGISTERED.get(spec.name)
+    if known is not None and known is not spec:
+        raise ValueError(f"a task named {spec.name!r} is registered already ({known.run.__module__})")
+    _REGISTERED[spec.name] = spec
+    return spec
+
+
+def registered() -> dict[str, TaskSpec]:
+    """Every task by name: clipjax's own and the registered ones."""
+    _collect_built_in()
+    return dict(_REGISTERED)
+
+
+def get_task(name: str) -> TaskSpec:
+    """The spec of task `name`.
+
+    Raises:
+      ConfigError: no such task (the line lists the known ones).
+    """
+    tasks = registered()
+    if name not in tasks:
+        raise ConfigError(f"config.task={name!r} is not one of {', '.join(repr(t) for t in tasks)}")
+    return tasks[name]
+
+
+def data_kinds() -> tuple[str, ...]:
+    """Every `config.data.kind` some task reads, in the order the tasks declare them."""
+    return tuple(dict.fromkeys(kind for spec in registered().values() for kind in spec.data_kinds))
+
+
+def finetuning_tasks() -> tuple[str, ...]:
+    """The tasks that start from config.init's image tower and add a head."""
+    return tuple(name for name, spec in registered().items() if spec.finetunes)

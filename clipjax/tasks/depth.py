@@ -20,16 +20,16 @@ import optax
 from jax.sharding import Mesh
 from ml_collections import ConfigDict
 
-from clipjax.data.depth import depth_dataset, depth_source
+from clipjax.data.depth import DEPTH_KINDS, depth_dataset, depth_source
+from clipjax.errors import ConfigError
 from clipjax.evals.depth import DepthEvaluator
+from clipjax.evals.depth_metrics import DEPTH_METRICS
 from clipjax.heads.depth import DepthEstimator, build_depth_estimator
 from clipjax.losses.depth import silog_loss
+from clipjax.tasks.spec import TaskSpec
 from clipjax.train.loop import Metrics, train
 from clipjax.train.step import training_step
 from clipjax.train.transfer import finetuning_task, model_config_from_init, optimizer_and_init
-from clipjax.weights import read_metadata
-
-DEFAULT_BEST_METRIC = "eval/rmse"
 
 
 def make_depth_step(model: DepthEstimator, tx: optax.GradientTransformation, config: ConfigDict):
@@ -65,7 +65,6 @@ def run(config: ConfigDict, workdir: str, mesh: Mesh) -> Metrics:
     if jax.process_index() == 0:
         print(f"depth finetuning of {config.model.name} on {size} px crops from {origin}", flush=True)
 
-    finetuned_for_depth = config.init is not None and read_metadata(config.init).get("task") == "depth"
     evaluator = DepthEvaluator(
         model,
         mesh,
@@ -84,13 +83,36 @@ def run(config: ConfigDict, workdir: str, mesh: Mesh) -> Metrics:
     task = finetuning_task(
         config,
         workdir,
+        TASK,
         init_state=init_state,
         train_step=make_depth_step(model, tx, config),
         make_dataset=depth_dataset,
         train_source=train_source,
         evaluate=evaluator,
-        keep_head=finetuned_for_depth,  # weights finetuned for depth already hand over their head too
-        best_metric=config.finetune.best_metric or DEFAULT_BEST_METRIC,
-        task="depth",
     )
     return train(config, workdir, mesh, task)
+
+
+def validate(config: ConfigDict) -> None:
+    """Depth's settings: the depth range, the loss, the head, the evaluation windows."""
+    depth = config.depth
+    if not 0 < depth.min_depth < depth.max_depth:
+        raise ConfigError(f"config.depth: need 0 < min_depth < max_depth, got {depth.min_depth} and {depth.max_depth}")
+    if not 0 <= depth.silog_lambda <= 1:
+        raise ConfigError(f"config.depth.silog_lambda={depth.silog_lambda} must lie in [0, 1]")
+    if depth.channels < 1 or depth.num_deconv < 0 or depth.eval_stride < 1:
+        raise ConfigError("config.depth: need channels >= 1, num_deconv >= 0 and eval_stride >= 1")
+
+
+TASK = TaskSpec(
+    name="depth",
+    run=run,
+    title="depth",
+    validate=validate,
+    data_kinds=DEPTH_KINDS,
+    finetunes=True,
+    metrics=DEPTH_METRICS,
+    best_metric="eval/rmse",
+    lower_is_better=("abs_rel", "sq_rel", "rmse", "rmse_log", "log10"),  # errors; the delta accuracies are not
+    trains_batch_norm=True,
+)

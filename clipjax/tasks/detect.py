@@ -24,7 +24,9 @@ import optax
 from jax.sharding import Mesh
 from ml_collections import ConfigDict
 
+from clipjax.config import choice
 from clipjax.data.detection import (
+    DETECTION_KINDS,
     category_ids,
     detection_dataset,
     detection_eval_example,
@@ -32,14 +34,18 @@ from clipjax.data.detection import (
     detection_source,
 )
 from clipjax.data.transforms import normalize_images, padding_pixel
+from clipjax.errors import ConfigError
+from clipjax.evals.coco_metrics import STAT_NAMES
 from clipjax.evals.detection import DetectionEvaluator
-from clipjax.heads.detection.mask_rcnn import MaskRCNN, build_detector
+from clipjax.heads.detection.anchors import ANCHOR_SIZES
+from clipjax.heads.detection.boxes import CASCADE_WEIGHTS
+from clipjax.heads.detection.mask_rcnn import BOX_LOSSES, MaskRCNN, build_detector
+from clipjax.models.presets import image_tower_dims, is_mci
+from clipjax.tasks.spec import TaskSpec
 from clipjax.train.loop import Metrics, train
 from clipjax.train.step import training_step
 from clipjax.train.transfer import finetuning_task, model_config_from_init, optimizer_and_init
-from clipjax.weights import read_metadata
 
-DEFAULT_BEST_METRIC = "eval/box_ap"
 TARGET_KEYS = ("boxes", "classes", "masks")
 
 
@@ -90,8 +96,6 @@ def run(config: ConfigDict, workdir: str, mesh: Mesh) -> Metrics:
     if jax.process_index() == 0:
         print(f"{kind} ({num_classes} classes) on {config.model.name} at {config.model.image_size} px from {origin}")
 
-    saved = read_metadata(config.init) if config.init is not None else {}
-    keep_head = saved.get("task") == "detect" and saved.get("num_classes") == num_classes
     evaluator = DetectionEvaluator(
         make_predict(model, config.data.normalize),
         mesh,
@@ -111,14 +115,63 @@ def run(config: ConfigDict, workdir: str, mesh: Mesh) -> Metrics:
     task = finetuning_task(
         config,
         workdir,
+        TASK,
         init_state=init_state,
         train_step=make_detect_step(model, tx, config),
         make_dataset=detection_dataset,
         train_source=train_source,
         evaluate=evaluator,
-        keep_head=keep_head,
-        best_metric=config.finetune.best_metric or DEFAULT_BEST_METRIC,
-        num_classes=num_classes,
-        task="detect",
+        outputs=num_classes,
     )
     return train(config, workdir, mesh, task)
+
+
+def validate(config: ConfigDict) -> None:
+    """Detection's settings: the pyramid, the anchors, the box stages, sampling and inference."""
+    det = config.detection
+    choice("config.detection.box_loss", det.box_loss, BOX_LOSSES)
+    if config.model.image_size % 64:
+        raise ConfigError(f"config.model.image_size={config.model.image_size}: detection needs a multiple of 64")
+    if len(det.anchor_sizes) != len(ANCHOR_SIZES) or min(det.anchor_sizes) <= 0:
+        raise ConfigError(
+            f"config.detection.anchor_sizes={tuple(det.anchor_sizes)}: one positive size per pyramid stride "
+            f"{tuple(ANCHOR_SIZES)}"
+        )
+    ious = tuple(det.stage_ious)
+    if not 0 < len(ious) <= len(CASCADE_WEIGHTS) or list(ious) != sorted(ious) or not all(0 < t < 1 for t in ious):
+        raise ConfigError(
+            f"config.detection.stage_ious={ious}: 1 to {len(CASCADE_WEIGHTS)} increasing IoU thresholds in (0, 1)"
+        )
+    blocks = () if det.global_blocks is None or is_mci(config.model.name) else tuple(det.global_blocks)
+    if det.window_size < 0 or any(not 0 <= b < image_tower_dims(config.model)["depth"] for b in blocks):
+        raise ConfigError(
+            f"config.detection: window_size={det.window_size} must be >= 0 and global_blocks={tuple(det.global_blocks)}"
+            " indices of the tower's blocks"
+        )
+    depth = 0 if is_mci(config.model.name) else image_tower_dims(config.model)["depth"]
+    if config.model.scan and det.window_size and len(set(blocks)) < depth:
+        raise ConfigError(
+            f"config.model.scan=True cannot step ViTDet's windowed and global blocks as one (detection.window_size="
+            f"{det.window_size}); set config.model.scan=False"
+        )
+    for key in ("rpn_samples", "roi_samples", "detections_per_image", "pre_nms_candidates", "max_instances"):
+        if det[key] < 1:
+            raise ConfigError(f"config.detection.{key}={det[key]} must be at least 1")
+    for key in ("rpn_positive_fraction", "roi_positive_fraction", "rpn_nms", "nms_threshold"):
+        if not 0 < det[key] <= 1:
+            raise ConfigError(f"config.detection.{key}={det[key]} must lie in (0, 1]")
+    if not 0 < det.scale_range[0] <= det.scale_range[1]:
+        raise ConfigError(f"config.detection.scale_range={tuple(det.scale_range)}: need 0 < low <= high")
+
+
+TASK = TaskSpec(
+    name="detect",
+    run=run,
+    title="detection",
+    validate=validate,
+    data_kinds=DETECTION_KINDS,
+    finetunes=True,
+    metrics=tuple(f"{kind}_{stat}" for kind in ("box", "mask") for stat in STAT_NAMES),
+    best_metric="eval/box_ap",
+    trains_batch_norm=True,
+)

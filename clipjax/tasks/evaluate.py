@@ -19,6 +19,7 @@ from clipjax.errors import ConfigError
 from clipjax.evals.setup import make_evaluator
 from clipjax.models import build_clip
 from clipjax.parallel import state_shardings
+from clipjax.tasks.spec import TaskSpec
 from clipjax.train.loop import Metrics
 from clipjax.train.metrics import MetricWriter
 from clipjax.train.workdir import prepare_workdir, refuse_a_training_workdir, save_config
@@ -68,3 +69,12 @@ def run(config: ConfigDict, workdir: str, mesh: Mesh) -> Metrics:
     finally:
         writer.close()
     return {**metrics, "steps": 0, "wall_time_s": time.perf_counter() - start, "compile_time_s": loaded - start}
+
+
+TASK = TaskSpec(
+    name="evaluate",
+    run=run,
+    title="evaluation",
+    init="required",
+    metrics=("zeroshot_top1", "zeroshot_top5"),
+)

@@ -22,19 +22,18 @@ import optax
 from jax.sharding import Mesh
 from ml_collections import ConfigDict
 
-from clipjax.data.classification import classification_source, finetune_dataset
+from clipjax.config import choice
+from clipjax.data.classification import CLASSIFICATION_KINDS, classification_source, finetune_dataset
 from clipjax.data.mixup import mix_batch
 from clipjax.errors import ConfigError
 from clipjax.evals.batches import labelled_image_loader
 from clipjax.evals.classification import ClassificationEvaluator
-from clipjax.heads.classification import ImageClassifier, build_classifier
+from clipjax.heads.classification import POOLS, ImageClassifier, build_classifier
 from clipjax.losses.classification import soft_cross_entropy
+from clipjax.tasks.spec import TaskSpec
 from clipjax.train.loop import Metrics, train
 from clipjax.train.step import apply_model, training_step
 from clipjax.train.transfer import finetuning_task, model_config_from_init, optimizer_and_init
-from clipjax.weights import read_metadata
-
-DEFAULT_BEST_METRIC = "eval/top1"
 
 
 def make_finetune_step(model: ImageClassifier, tx: optax.GradientTransformation, config: ConfigDict, num_classes: int):
@@ -86,9 +85,6 @@ def run(config: ConfigDict, workdir: str, mesh: Mesh) -> Metrics:
     if jax.process_index() == 0:
         print(f"finetuning {config.model.name} at {size} px for {num_classes} classes from {origin}", flush=True)
 
-    # A classifier finetuned for the same classes also hands over its head.
-    same_head = config.init is not None and read_metadata(config.init).get("num_classes") == num_classes
-
     evaluator = ClassificationEvaluator(
         model,
         mesh,
@@ -102,14 +98,44 @@ def run(config: ConfigDict, workdir: str, mesh: Mesh) -> Metrics:
     task = finetuning_task(
         config,
         workdir,
+        TASK,
         init_state=init_state,
         train_step=make_finetune_step(model, tx, config, num_classes),
         make_dataset=finetune_dataset,
         train_source=train_source,
         evaluate=evaluator,
-        keep_head=same_head,
-        best_metric=tune.best_metric or DEFAULT_BEST_METRIC,
-        num_classes=num_classes,
-        task="finetune",
+        outputs=num_classes,  # a classifier finetuned for as many classes hands over its head too
     )
     return train(config, workdir, mesh, task)
+
+
+def validate(config: ConfigDict) -> None:
+    """Classification's settings: pooling, mixing, augmentation, the evaluation crop."""
+    tune = config.finetune
+    choice("config.finetune.pool", tune.pool, POOLS)
+    if tune.num_classes is not None and tune.num_classes < 1:
+        raise ConfigError(f"config.finetune.num_classes={tune.num_classes} must be at least 1 (or None)")
+    for key in ("mixup_alpha", "cutmix_alpha", "randaugment_ops", "randaugment_magnitude_std", "head_init_std"):
+        if tune[key] < 0:
+            raise ConfigError(f"config.finetune.{key}={tune[key]} must be >= 0")
+    for key in ("mix_switch_prob", "mix_prob", "random_erasing"):
+        if not 0 <= tune[key] <= 1:
+            raise ConfigError(f"config.finetune.{key}={tune[key]} must lie in [0, 1]")
+    if not 0 <= tune.label_smoothing < 1:
+        raise ConfigError(f"config.finetune.label_smoothing={tune.label_smoothing} must lie in [0, 1)")
+    if not 0 <= tune.randaugment_magnitude <= 10:
+        raise ConfigError(f"config.finetune.randaugment_magnitude={tune.randaugment_magnitude} must lie in [0, 10]")
+    if not 0 < tune.eval_crop_ratio <= 1:
+        raise ConfigError(f"config.finetune.eval_crop_ratio={tune.eval_crop_ratio} must lie in (0, 1]")
+
+
+TASK = TaskSpec(
+    name="finetune",
+    run=run,
+    title="finetuning",
+    validate=validate,
+    data_kinds=CLASSIFICATION_KINDS,
+    finetunes=True,
+    metrics=("top1", "top5"),
+    best_metric="eval/top1",
+)

@@ -11,10 +11,14 @@ import optax
 from jax.sharding import Mesh
 from ml_collections import ConfigDict
 
-from clipjax.data.pipeline import pretrain_dataset, pretrain_source
+from clipjax.config import choice
+from clipjax.data.pretrain import CAPTION_POLICIES, PRETRAIN_KINDS, captionless_kind, pretrain_dataset, pretrain_source
+from clipjax.errors import ConfigError
 from clipjax.evals.setup import make_evaluator
 from clipjax.losses import clip_distillation_losses, clip_loss, siglip_loss
+from clipjax.losses.contrastive import IMPLEMENTATIONS, LOSS_KINDS
 from clipjax.models import CLIP, build_clip, clamp_logit_scale
+from clipjax.tasks.spec import TaskSpec
 from clipjax.train.loop import Metrics, Task, train
 from clipjax.train.optim import make_optimizer
 from clipjax.train.state import TrainState
@@ -126,5 +130,64 @@ def run(config: ConfigDict, workdir: str, mesh: Mesh) -> Metrics:
         ),
         evaluate=make_evaluator(model, mesh, config),
         examples_per_step=config.batch_size * pairs_per_image,
+        checkpoint_keys=TASK.checkpoint_keys,
     )
     return train(config, workdir, mesh, task)
+
+
+def validate(config: ConfigDict) -> None:
+    """Pretraining's settings: captions, the contrastive loss, distillation."""
+    data, loss = config.data, config.loss
+    if data.kind not in PRETRAIN_KINDS:
+        raise ConfigError(captionless_kind(data.kind))
+    choice("config.data.captions", data.captions, CAPTION_POLICIES)
+    choice("config.loss.impl", loss.impl, IMPLEMENTATIONS)
+    choice("config.loss.kind", loss.kind, LOSS_KINDS)
+    if loss.block_size < 1:
+        raise ConfigError(f"config.loss.block_size={loss.block_size} must be at least 1")
+    if loss.kind == "siglip" and config.model.logit_bias_init is None:
+        raise ConfigError(
+            "config.loss.kind='siglip' needs a logit bias: set config.model.logit_bias_init=-10 "
+            "(and config.model.temperature_init=0.1, SigLIP's initial scale of 10)"
+        )
+    if not 0.0 <= data.synthetic_prob <= 1.0:
+        raise ConfigError(f"config.data.synthetic_prob={data.synthetic_prob} must lie in [0, 1]")
+    if data.kind == "webdataset" and data.captions != "real" and not data.synthetic_path:
+        raise ConfigError(
+            f"config.data.captions={data.captions!r} needs synthetic captions: pass the DataCompDR shards, e.g. "
+            "--config.data.synthetic_path=/data/datacompdr/{00000..00099}.tar, or use --config.data.captions=real"
+        )
+    # Distillation from DataCompDR's stored teacher embeddings.
+    if not 0.0 <= loss.distill_weight <= 1.0:
+        raise ConfigError(f"config.loss.distill_weight={loss.distill_weight} must lie in [0, 1] (0: no distillation)")
+    if loss.distill_weight == 0:
+        return
+    if loss.kind != "clip":
+        raise ConfigError(f"config.loss.distill_weight needs config.loss.kind='clip', not {loss.kind!r}")
+    if data.kind != "webdataset" or not data.synthetic_path:
+        raise ConfigError(
+            "config.loss.distill_weight > 0 reads the teacher embeddings stored in DataCompDR shards: set "
+            "config.data.kind='webdataset' and config.data.synthetic_path=/data/datacompdr/{00000..00099}.tar"
+        )
+    if data.flip:
+        raise ConfigError(
+            "config.data.flip must be False with distillation: the stored augmentation is replayed as the "
+            "teacher saw it"
+        )
+    dims = tuple(loss.teacher_dims)
+    if not dims or any(not isinstance(d, int) or d < 1 for d in dims):
+        raise ConfigError(f"config.loss.teacher_dims={dims} must be the positive widths of the teacher's members")
+    if not loss.teacher_scale > 0:
+        raise ConfigError(f"config.loss.teacher_scale={loss.teacher_scale} must be positive")
+
+
+TASK = TaskSpec(
+    name="pretrain",
+    run=run,
+    title="pretraining",
+    validate=validate,
+    data_kinds=PRETRAIN_KINDS,
+    init="none",
+    metrics=("zeroshot_top1", "zeroshot_top5"),
+    checkpoint_keys=("loss.kind",),  # CLIP and SigLIP checkpoints differ in their parameters (the logit bias)
+)

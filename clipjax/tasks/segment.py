@@ -27,23 +27,24 @@ import optax
 from jax.sharding import Mesh
 from ml_collections import ConfigDict
 
+from clipjax.config import choice
 from clipjax.data.segmentation import (
+    SEGMENTATION_KINDS,
     rescale_size,
     segmentation_dataset,
     segmentation_eval_example,
     segmentation_source,
 )
-from clipjax.evals.segmentation import SegmentationEvaluator, encoded_size
-from clipjax.heads.segmentation import Segmenter, build_segmenter
+from clipjax.errors import ConfigError
+from clipjax.evals.segmentation import INFERENCE_MODES, SegmentationEvaluator, encoded_size
+from clipjax.heads.segmentation import DECODERS, Segmenter, build_segmenter
 from clipjax.losses.segmentation import segmentation_loss
 from clipjax.models.presets import is_mci
+from clipjax.tasks.spec import TaskSpec
 from clipjax.train.loop import Metrics, train
 from clipjax.train.state import TrainState
 from clipjax.train.step import training_step
 from clipjax.train.transfer import finetuning_task, model_config_from_init, optimizer_and_init
-from clipjax.weights import read_metadata
-
-DEFAULT_BEST_METRIC = "eval/miou"
 
 
 def decoder_for(config: ConfigDict) -> str:
@@ -111,8 +112,6 @@ def run(config: ConfigDict, workdir: str, mesh: Mesh) -> Metrics:
     if jax.process_index() == 0:
         print(f"segmentation ({decoder}, {num_classes} classes) on {config.model.name} at {size} px from {origin}")
 
-    saved = read_metadata(config.init) if config.init is not None else {}
-    keep_head = saved.get("task") == "segment" and saved.get("num_classes") == num_classes
     scale = tuple(seg.scale) if config.data.kind == "ade20k" else None
     evaluator = SegmentationEvaluator(
         model,
@@ -135,15 +134,13 @@ def run(config: ConfigDict, workdir: str, mesh: Mesh) -> Metrics:
     task = finetuning_task(
         config,
         workdir,
+        TASK,
         init_state=init_state,
         train_step=make_segment_step(model, tx, config),
         make_dataset=segmentation_dataset,
         train_source=train_source,
         evaluate=evaluator,
-        keep_head=keep_head,
-        best_metric=config.finetune.best_metric or DEFAULT_BEST_METRIC,
-        num_classes=num_classes,
-        task="segment",
+        outputs=num_classes,
     )
     log = PerClassLog(os.path.join(workdir, "segmentation_eval.jsonl"), evaluator)
     keep_best = task.on_evaluated
@@ -154,3 +151,41 @@ def run(config: ConfigDict, workdir: str, mesh: Mesh) -> Metrics:
 
     task.on_evaluated = on_evaluated
     return train(config, workdir, mesh, task)
+
+
+def validate(config: ConfigDict) -> None:
+    """Segmentation's settings: the decoder, the training pipeline, the inference."""
+    seg = config.segmentation
+    if seg.decoder is not None:
+        choice("config.segmentation.decoder", seg.decoder, DECODERS)
+    choice("config.segmentation.mode", seg.mode, INFERENCE_MODES)
+    if config.model.image_size % 32:
+        raise ConfigError(f"config.model.image_size={config.model.image_size}: segmentation needs a multiple of 32")
+    if seg.mode == "whole" and not is_mci(config.model.name):
+        raise ConfigError(
+            "config.segmentation.mode='whole' needs a tower that takes any image size (MCi); a ViT's position "
+            "embeddings fix its input, so use mode='slide'"
+        )
+    if seg.aux_weight < 0 or not 0 <= seg.label_smoothing < 1 or not 0 < seg.cat_max_ratio <= 1:
+        raise ConfigError("config.segmentation: need aux_weight >= 0, 0 <= label_smoothing < 1, 0 < cat_max_ratio <= 1")
+    if not 0 < seg.ratio_range[0] <= seg.ratio_range[1] or seg.eval_stride < 1 or seg.eval_bucket < 1:
+        raise ConfigError(
+            "config.segmentation: need 0 < ratio_range[0] <= ratio_range[1], eval_stride >= 1, eval_bucket >= 1"
+        )
+    if seg.eval_bucket % 32:
+        raise ConfigError(
+            f"config.segmentation.eval_bucket={seg.eval_bucket} must be a multiple of 32 (the towers' stride)"
+        )
+
+
+TASK = TaskSpec(
+    name="segment",
+    run=run,
+    title="segmentation",
+    validate=validate,
+    data_kinds=SEGMENTATION_KINDS,
+    finetunes=True,
+    metrics=("miou", "macc", "aacc"),
+    best_metric="eval/miou",
+    trains_batch_norm=True,
+)

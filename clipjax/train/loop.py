@@ -40,11 +40,12 @@ from clipjax.train.workdir import prepare_workdir, save_config
 
 Metrics = dict[str, Any]
 
-# Config keys a run cannot change and still continue its checkpoints (model.dtype, model.remat,
-# model.attention and model.fp8_matmuls only change how the same function is computed, model.drop_path only
-# its training noise, so they may change). Turning the weight average (optim.ema_decay) or delayed scaling's
-# amax histories (model.fp8_matmuls with model.fp8_amax_history > 0) on or off changes the state's arrays.
-INCOMPATIBLE_KEYS = ("task", "seed", "model", "loss.kind")
+# Config keys a run cannot change and still continue its checkpoints, beside the task's own
+# (`Task.checkpoint_keys`): model.dtype, model.remat, model.attention and model.fp8_matmuls only change how the
+# same function is computed, model.drop_path only its training noise, so they may change. Turning the weight
+# average (optim.ema_decay) or delayed scaling's amax histories (model.fp8_matmuls with model.fp8_amax_history
+# > 0) on or off changes the state's arrays.
+INCOMPATIBLE_KEYS = ("task", "seed", "model")
 COMPATIBLE_MODEL_KEYS = ("model.dtype", "model.remat", "model.attention", "model.fp8_matmuls", "model.drop_path")
 # Keys that configs saved by earlier versions lack, with the value those versions meant.
 LATER_KEYS = {"model.image.layout": "clip", "model.scan": False, "model.fp8_amax_history": 0}
@@ -68,6 +69,8 @@ class Task:
       pretrained weights into it.
     on_evaluated: (step, state, metrics) -> None after each evaluation, on every host, e.g. to keep the
       best weights.
+    checkpoint_keys: config keys, beyond INCOMPATIBLE_KEYS, that a resumed run must not change (e.g.
+      pretraining's "loss.kind").
     With an EMA of the parameters in the state, evaluations also run on the averaged weights, their
     metrics named eval_ema/... beside eval/....
     """
@@ -80,6 +83,7 @@ class Task:
     throughput_key: str = "train/pairs_per_s"
     after_init: Callable[[TrainState], TrainState] | None = None
     on_evaluated: Callable[[int, TrainState, Metrics], None] | None = None
+    checkpoint_keys: tuple[str, ...] = ()
 
 
 def shard_functions(
@@ -112,11 +116,14 @@ def keeps_fp8_stats(flat_config: dict[str, Any]) -> bool:
     return flat_config.get("model.fp8_matmuls", "none") != "none" and flat_config.get("model.fp8_amax_history", 0) > 0
 
 
-def check_compatible(saved: dict[str, Any], config: ConfigDict, directory: str) -> None:
-    """Raises ConfigError if `config` changed a key the checkpoints in `directory` depend on."""
+def check_compatible(
+    saved: dict[str, Any], config: ConfigDict, directory: str, task_keys: tuple[str, ...] = ()
+) -> None:
+    """Raises ConfigError if `config` changed a key the checkpoints in `directory` depend on: INCOMPATIBLE_KEYS
+    and the task's `task_keys`."""
     old, new = _flatten(saved), _flatten(config.to_dict())
     for key in sorted(set(old) | set(new)):
-        incompatible = any(key == k or key.startswith(k + ".") for k in INCOMPATIBLE_KEYS)
+        incompatible = any(key == k or key.startswith(k + ".") for k in (*INCOMPATIBLE_KEYS, *task_keys))
         was = old.get(key, LATER_KEYS.get(key))
         if incompatible and key not in COMPATIBLE_MODEL_KEYS and was != new.get(key):
             raise ConfigError(
@@ -289,7 +296,7 @@ def _init_or_resume(
             state = task.after_init(state)
         return state, iter(task.dataset(0)), {"samples_seen": 0, "window": []}
     carried = checkpointer.loop_state(step)
-    check_compatible(carried["config"], config, checkpointer.directory)
+    check_compatible(carried["config"], config, checkpointer.directory, task.checkpoint_keys)
     check_shapes(checkpointer.saved_shapes(step), abstract_shapes(target), step, checkpointer.directory)
     same_layout = carried["batch_size"] == config.batch_size and carried["process_count"] == jax.process_count()
     if same_layout:

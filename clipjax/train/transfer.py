@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 import flax.linen as nn
 import jax
@@ -40,8 +40,17 @@ FINETUNE_MODEL_KEYS = (
     "batch_norm",
     "scan",
 )
-# Metrics (by their name after the prefix) for which a smaller value is better: errors, not accuracies.
-LOWER_IS_BETTER = ("rmse", "abs_rel", "sq_rel", "rmse_log", "log10", "loss")
+
+
+class FinetuningSpec(Protocol):
+    """What a finetuning task declares that this module uses (clipjax.tasks.spec.TaskSpec has it)."""
+
+    name: str
+    best_metric: str | None
+
+    def smaller_is_better(self, metric: str) -> bool: ...
+
+    def keeps_head(self, saved: dict[str, Any], outputs: int | None = None) -> bool: ...
 
 
 def model_config_from_init(config: ConfigDict) -> tuple[ConfigDict, str, str]:
@@ -87,20 +96,18 @@ def pretrained_loader(config: ConfigDict, workdir: str, keep_head: bool = False)
     return load
 
 
-def lower_is_better(metric: str) -> bool:
-    """Whether a smaller value of `metric` (e.g. "eval/rmse") is the better one."""
-    return metric.rsplit("/", 1)[-1] in LOWER_IS_BETTER
-
-
 class BestWeights:
     """`on_evaluated` hook: keeps the weights of the best evaluation so far in <workdir>/best, a directory
     `config.init` accepts; its metadata records the step, the metric and its value (read back on resume),
-    and `extra` (e.g. num_classes, task). The EMA weights are kept when the metric is an eval_ema/ one."""
+    and `extra` (e.g. num_classes, task). The EMA weights are kept when the metric is an eval_ema/ one; with
+    `lower_is_better` (errors such as rmse) the smallest value is the best."""
 
-    def __init__(self, workdir: str, metric: str, model: ConfigDict, normalize: str, **extra: Any) -> None:
+    def __init__(
+        self, workdir: str, metric: str, model: ConfigDict, normalize: str, lower_is_better: bool = False, **extra: Any
+    ) -> None:
         self.directory = os.path.join(workdir, "best")
         self.metric, self.model, self.normalize, self.extra = metric, model, normalize, extra
-        self.sign = -1.0 if lower_is_better(metric) else 1.0  # compare sign * value, larger is better
+        self.sign = -1.0 if lower_is_better else 1.0  # compare sign * value, larger is better
         self.best = -np.inf
         saved = os.path.join(self.directory, METADATA_FILE)
         if not os.path.exists(self.directory):  # a crash between replace_saved's renames left only the old copy
@@ -153,19 +160,34 @@ def optimizer_and_init(config: ConfigDict, model: nn.Module) -> tuple[optax.Grad
 def finetuning_task(
     config: ConfigDict,
     workdir: str,
+    spec: FinetuningSpec,
     *,
     init_state: Callable[[jax.Array], TrainState],
     train_step: Callable,
     make_dataset: Callable,
     train_source: Any,
     evaluate: Callable[[Any], Metrics],
-    keep_head: bool,
-    best_metric: str,
-    **metadata: Any,
+    outputs: int | None = None,
 ) -> Task:
-    """The loop's Task for a finetuning run: batches from `make_dataset(config, train_source, process_index=,
-    process_count=, start_sample=)`, config.init's tower (and its head, with `keep_head`) loaded into the
-    fresh state, the weights with the best `best_metric` kept in <workdir>/best with `metadata` (e.g. task)."""
+    """The loop's Task for a finetuning run of the task `spec` declares.
+
+    Batches come from `make_dataset(config, train_source, process_index=, process_count=, start_sample=)`;
+    config.init's tower is loaded into the fresh state, with its head too where `spec.keeps_head` says so
+    (weights finetuned for the same task with as many `outputs`, e.g. classes); the weights with the best
+    config.finetune.best_metric (default: the spec's) are kept in <workdir>/best, their metadata naming the
+    task and the outputs.
+    """
+    best_metric = config.finetune.best_metric or spec.best_metric
+    keep_head = config.init is not None and spec.keeps_head(read_metadata(config.init), outputs)
+    extra = {"task": spec.name} if outputs is None else {"task": spec.name, "num_classes": outputs}
+    best = BestWeights(
+        workdir,
+        best_metric,
+        config.model,
+        config.data.normalize,
+        lower_is_better=spec.smaller_is_better(best_metric),
+        **extra,
+    )
     return Task(
         init_state=init_state,
         train_step=train_step,
@@ -180,5 +202,5 @@ def finetuning_task(
         examples_per_step=config.batch_size,
         throughput_key="train/images_per_s",
         after_init=pretrained_loader(config, workdir, keep_head),
-        on_evaluated=BestWeights(workdir, best_metric, config.model, config.data.normalize, **metadata),
+        on_evaluated=best,
     )
