@@ -196,7 +196,10 @@ def test_head_overfits_four_photos(vit):
     evaluation-mode RMSE (running statistics) falls from metres to centimetres (about 0.06 m)."""
     model, variables, apply = vit
     images, target = jnp.asarray(photos()), jnp.asarray(made_up_depths())
-    bound = 0.15  # metres
+    # Measured spread (2026-12-06, 2-core VM): init seeds 0-4, each at 8 devices / -O1 (the suite's flags) and
+    # at 1 device / XLA's -O2 (other numerics, as another machine's CPU gives): final rmse 0.051-0.119 m from
+    # 2.13 m. The bound leaves 0.08 m above the worst run and is still a 10th of the untrained error.
+    bound = 0.2  # metres
 
     def rmse(v: dict) -> jax.Array:
         return jnp.sqrt(jnp.mean((apply(v, images) - target) ** 2))

@@ -203,5 +203,6 @@ def test_depth_finetuning_from_pretrained_weights_on_synthetic_scenes(smoke_pret
     assert any(name.startswith("params/deconv_0") for name in report["initialised"])
     final = [row for row in metrics_rows(workdir) if "eval/rmse" in row][-1]
     # The untrained head (about 5 m everywhere) scores rmse 2.59 on these scenes (1.5-9.5 m); 60 steps reach
-    # about 1.1 (measured from random weights as well: this checks the loading and the training, not the gain).
-    assert final["eval/rmse"] < 1.2, final
+    # 0.95-1.15 (spread measured 2026-12-06 on a 2-core VM over pretraining + finetuning seeds 0-2 and 1 / 8
+    # devices at -O2; random weights reach as much: this checks the loading and the training, not the gain).
+    assert final["eval/rmse"] < 1.5, final

