@@ -14,7 +14,7 @@ import orbax.checkpoint as ocp
 import pytest
 from ml_collections import ConfigDict
 
-from clipjax.data.batching import host_batches
+from clipjax.data.batching import POSITION_FORMAT, host_batches
 from clipjax.data.skips import skipped
 from clipjax.defaults import base_config
 from clipjax.errors import ConfigError, Preempted, UserError
@@ -176,6 +176,24 @@ def test_changing_the_batch_size_continues_after_the_records_read_including_skip
     usable = [i for i in order if i not in corrupt.corrupt_at]
     rows = [r for r in read_metrics(str(tmp_path)) if "train/id_sum" in r and r["step"] > 9]
     assert [r["train/id_sum"] for r in rows] == [sum(usable[k : k + 8]) for k in (48, 56, 64)]
+
+
+def test_a_data_position_of_an_older_form_continues_after_the_records_read(tmp_path, capsys):
+    """Checkpoints written before the batcher stacked in its workers hold the element stream's position (no
+    "data_format" in their loop JSON): the run continues after the records read, as after a batch change."""
+    order = global_order()
+    corrupt = Samples(corrupt_at=[int(order[5])])
+    run(tmp_path, corrupt, total_steps=6)  # 24 samples from the first 25 records
+    path = tmp_path / "checkpoints" / "6" / "loop" / "metadata"
+    loop = json.loads(path.read_text())
+    assert loop.pop("data_format") == POSITION_FORMAT
+    path.write_text(json.dumps(loop))
+    run(tmp_path, corrupt, total_steps=8, log_every=1)
+    assert "from a data position saved by an older clipjax: data continues at record 25 (24 trained on" in (
+        capsys.readouterr().out
+    )
+    rows = [r for r in read_metrics(str(tmp_path)) if "train/id_sum" in r and r["step"] > 6]
+    assert [r["train/id_sum"] for r in rows] == [order[25:29].sum(), order[29:33].sum()]
 
 
 def test_incompatible_config_or_model_is_refused_and_nothing_is_deleted(tmp_path):

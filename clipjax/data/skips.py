@@ -1,6 +1,6 @@
 """The marker a record transform returns for an unusable record, instead of raising.
 
-The batcher (`clipjax.data.batching.SkippingBatches`) drops marked records and counts them by reason;
+The batcher (`clipjax.data.batching.RepackedBatches`) drops marked records and counts them by reason;
 each batch carries the counts under the same key, and the train loop logs them as data/skipped.
 """
 

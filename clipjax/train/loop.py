@@ -28,6 +28,7 @@ from jax.sharding import Mesh
 from ml_collections import ConfigDict
 
 from clipjax import distributed
+from clipjax.data.batching import POSITION_FORMAT
 from clipjax.data.skips import SKIP_REASONS
 from clipjax.errors import ConfigError, Preempted, UserError
 from clipjax.parallel import batch_sharding, replicated, state_shardings
@@ -249,6 +250,7 @@ def train(config: ConfigDict, workdir: str, mesh: Mesh, task: Task) -> Metrics:
                     loop = {
                         "samples_seen": samples_seen,
                         "data_start": data_start,
+                        "data_format": POSITION_FORMAT,
                         "batch_size": config.batch_size,
                         "process_count": jax.process_count(),
                         # A copy: the loop appends the next steps' metrics to `window` while the save
@@ -299,11 +301,13 @@ def _init_or_resume(
     check_compatible(carried["config"], config, checkpointer.directory, task.checkpoint_keys)
     check_shapes(checkpointer.saved_shapes(step), abstract_shapes(target), step, checkpointer.directory)
     same_layout = carried["batch_size"] == config.batch_size and carried["process_count"] == jax.process_count()
-    if same_layout:
+    same_format = carried.get("data_format", 1) == POSITION_FORMAT
+    if same_layout and same_format:
         data_iterator = iter(task.dataset(carried.get("data_start", 0)))
         state = checkpointer.restore(step, target, data_iterator)
     else:
-        # The iterator position counts batches of the old layout; continue after the records read instead:
+        # The iterator position counts batches of the old layout (or is of an older form); continue after the
+        # records read instead:
         # the samples trained on plus the unusable ones the pipeline dropped on the way (all hosts').
         # Exact on one host; hosts that skipped different numbers of records had read unequally far.
         dropped = sum(carried.get("data_skipped", {}).values())
@@ -312,10 +316,15 @@ def _init_or_resume(
         data_iterator = iter(task.dataset(records_read))
         state = checkpointer.restore(step, target, None)
         if jax.process_index() == 0:
+            why = (
+                f"with global batch {config.batch_size} on {jax.process_count()} host(s) (was "
+                f"{carried['batch_size']} on {carried['process_count']})"
+                if not same_layout
+                else "from a data position saved by an older clipjax"
+            )
             print(
-                f"resuming step {step} with global batch {config.batch_size} on {jax.process_count()} host(s) "
-                f"(was {carried['batch_size']} on {carried['process_count']}): data continues at record "
-                f"{records_read} ({carried['samples_seen']} trained on, {dropped} skipped)",
+                f"resuming step {step} {why}: data continues at record {records_read} "
+                f"({carried['samples_seen']} trained on, {dropped} skipped)",
                 flush=True,
             )
     return state, data_iterator, carried
