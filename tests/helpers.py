@@ -32,3 +32,16 @@ def run_smoke_cli(repo_root: str, workdir: str, *extra: str) -> tuple[int, str]:
         flags = [f"--config={repo_root}/configs/demo.py:smoke", f"--workdir={workdir}", "--config.progress_bar=false"]
         status = main([*flags, *extra])
     return status, out.getvalue()
+
+
+def tiny_model_flags(width=32, depth=2, size=32):
+    """--config.model.* flags for a 2-block ViT small enough to finetune in seconds."""
+    return [
+        "--config.model.name=vit_ti16",
+        f"--config.model.image_size={size}",
+        f"--config.model.image.width={width}",
+        f"--config.model.image.depth={depth}",
+        "--config.model.image.heads=2",
+        f"--config.model.image.mlp_dim={2 * width}",
+        "--config.model.image.patch_size=8",
+    ]

@@ -6,7 +6,6 @@ quantities, focal 3979.911 / 4 px and doffs 124.343 / 4 px, baseline 0.193001 m.
 finite the depth is 0 (invalid), as in NYUv2's PNGs; the scene lies at about 2 to 5 m.
 """
 
-import functools
 import os
 
 import cv2
@@ -27,8 +26,8 @@ from clipjax.data.depth import (
 from clipjax.data.images import BadImage, decode_image
 from clipjax.data.synthetic import SyntheticScenes
 from clipjax.errors import ConfigError
+from tests.photos import motorcycle
 
-FOCAL, BASELINE, DOFFS = 3979.911 / 4, 0.193001, 124.343 / 4
 # (scene, top, left, height, width): NYU's 640 x 480 twice, and one smaller than a 480 crop on both sides.
 CROPS = (("kitchen_0028a", 0, 0, 480, 640), ("bedroom_0004", 20, 101, 480, 640), ("office_0003", 50, 200, 300, 400))
 
@@ -37,16 +36,6 @@ def png16(millimetres: np.ndarray) -> bytes:
     ok, data = cv2.imencode(".png", millimetres)
     assert ok
     return data.tobytes()
-
-
-@functools.cache
-def motorcycle() -> tuple[np.ndarray, np.ndarray]:
-    """(uint8 [500, 741, 3] RGB, uint16 [500, 741] millimetres, 0 invalid)."""
-    left, _, disparity = skimage.data.stereo_motorcycle()
-    valid = np.isfinite(disparity)
-    metres = np.where(valid, FOCAL * BASELINE / (np.where(valid, disparity, 0) + DOFFS), 0.0)
-    millimetres = np.round(np.minimum(metres, 10.0) * 1000).astype(np.uint16)
-    return left, millimetres
 
 
 @pytest.fixture

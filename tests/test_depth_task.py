@@ -18,10 +18,11 @@ from clipjax.evals.depth_metrics import depth_metric_sums, depth_metrics_from_su
 from clipjax.evals.sliding import sliding_window_predict, window_starts
 from clipjax.main import main
 from clipjax.parallel import make_mesh
+from clipjax.train.metrics import read_metrics
 from clipjax.validation import validate
 from clipjax.weights import read_metadata
-from tests.test_depth_data import motorcycle
-from tests.test_finetune import metrics_rows, tiny_model_flags
+from tests.helpers import tiny_model_flags
+from tests.photos import motorcycle
 
 
 def test_window_starts_cover_the_image_with_the_last_window_flush():
@@ -165,7 +166,7 @@ def test_depth_finetuning_on_nyu_layout_logs_exact_metrics_and_keeps_the_lowest_
         *tiny_model_flags(),
     ]
     assert main(flags) == 0
-    rows = metrics_rows(workdir)
+    rows = read_metrics(workdir)
     evaluations = [row for row in rows if "eval/rmse" in row]
     assert [row["step"] for row in evaluations] == [2, 4, 6]
     for row in evaluations:
@@ -201,7 +202,7 @@ def test_depth_finetuning_from_pretrained_weights_on_synthetic_scenes(smoke_pret
     assert any(name.startswith("params/image/encoder") for name in report["loaded"])
     assert all(not name.startswith("params/image") for name in report["initialised"])
     assert any(name.startswith("params/deconv_0") for name in report["initialised"])
-    final = [row for row in metrics_rows(workdir) if "eval/rmse" in row][-1]
+    final = [row for row in read_metrics(workdir) if "eval/rmse" in row][-1]
     # The untrained head (about 5 m everywhere) scores rmse 2.59 on these scenes (1.5-9.5 m); 60 steps reach
     # 0.95-1.15 (spread measured 2026-12-06 on a 2-core VM over pretraining + finetuning seeds 0-2 and 1 / 8
     # devices at -O2; random weights reach as much: this checks the loading and the training, not the gain).

@@ -24,10 +24,11 @@ from clipjax.heads.detection.mask_rcnn import DetectorSettings, MaskRCNN
 from clipjax.main import main
 from clipjax.models.vit import VisionTransformer
 from clipjax.parallel import make_mesh
+from clipjax.train.metrics import read_metrics
 from clipjax.validation import validate
 from clipjax.weights import read_metadata
 from tests.coco_fixture import make_coco
-from tests.test_finetune import metrics_rows, tiny_model_flags
+from tests.helpers import tiny_model_flags
 
 SIZE = 128
 TARGET_KEYS = ("boxes", "classes", "masks")
@@ -138,7 +139,7 @@ def test_detection_on_the_coco_layout_writes_results_and_keeps_the_best(coco_roo
         *tiny_model_flags(size=64),
     ]
     assert main(flags) == 0
-    rows = metrics_rows(workdir)
+    rows = read_metrics(workdir)
     evaluations = [row for row in rows if "eval/box_ap" in row]
     assert [row["step"] for row in evaluations] == [2]
     for row in evaluations:

@@ -9,7 +9,7 @@ from ml_collections import ConfigDict
 
 from clipjax.losses import clip_distillation_losses
 from clipjax.parallel import batch_sharding, make_mesh
-from tests.test_losses import largest_buffer, numpy_info_nce, pairs
+from tests.oracles import largest_buffer, numpy_info_nce, pairs
 
 DIMS = (4, 6)  # two ensemble members of different widths
 

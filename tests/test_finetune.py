@@ -15,28 +15,13 @@ from clipjax.data.transforms import normalize_images
 from clipjax.errors import ConfigError
 from clipjax.heads.classification import build_classifier
 from clipjax.main import main
+from clipjax.train.metrics import read_metrics
 from clipjax.train.transplant import transplant
 from clipjax.validation import validate
 from clipjax.weights import read_metadata, read_saved_variables
+from tests.helpers import tiny_model_flags
+from tests.labelled_fixture import write_folder, write_tfds
 from tests.shards import encode, photos
-from tests.test_labelled import write_folder, write_tfds
-
-
-def tiny_model_flags(width=32, depth=2, size=32):
-    return [
-        "--config.model.name=vit_ti16",
-        f"--config.model.image_size={size}",
-        f"--config.model.image.width={width}",
-        f"--config.model.image.depth={depth}",
-        "--config.model.image.heads=2",
-        f"--config.model.image.mlp_dim={2 * width}",
-        "--config.model.image.patch_size=8",
-    ]
-
-
-def metrics_rows(workdir):
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        return [json.loads(line) for line in f]
 
 
 def test_a_timm_layout_position_embedding_without_a_cls_row_is_resized_whole():
@@ -205,7 +190,7 @@ def test_finetuning_counts_top1_top5_exactly_keeps_the_best_weights_and_restarts
         *tiny_model_flags(),
     ]
     assert main(flags) == 0
-    rows = [row for row in metrics_rows(workdir) if "eval/top1" in row]
+    rows = [row for row in read_metrics(workdir) if "eval/top1" in row]
     assert [row["step"] for row in rows] == [2, 4]
     assert {"eval/top5", "eval_ema/top1", "eval_ema/top5"} <= set(rows[-1])
 
@@ -241,7 +226,7 @@ def test_finetuning_counts_top1_top5_exactly_keeps_the_best_weights_and_restarts
         and report["skipped"] == []
         and len(report["loaded"]) == len(jax.tree.leaves(variables["params"]))
     )
-    assert metrics_rows(second)[-1]["step"] == 1
+    assert read_metrics(second)[-1]["step"] == 1
 
 
 @pytest.fixture(scope="module")
@@ -284,8 +269,8 @@ def test_finetuning_the_pretrained_tower_beats_random_initialisation(pretrained_
     scratch, pretrained = str(tmp_path / "scratch"), str(tmp_path / "pretrained")
     assert main([*common, f"--workdir={scratch}"]) == 0
     assert main([*common, f"--workdir={pretrained}", f"--config.init={pretrained_tiny_clip}"]) == 0
-    scratch_top1 = metrics_rows(scratch)[-1]["eval/top1"]
-    pretrained_top1 = metrics_rows(pretrained)[-1]["eval/top1"]
+    scratch_top1 = read_metrics(scratch)[-1]["eval/top1"]
+    pretrained_top1 = read_metrics(pretrained)[-1]["eval/top1"]
     assert pretrained_top1 > scratch_top1 + 0.06, (pretrained_top1, scratch_top1)
     with open(os.path.join(pretrained, "init_report.json")) as f:
         report = json.load(f)

@@ -5,12 +5,12 @@ import os
 
 import numpy as np
 import pytest
-from array_record.python.array_record_module import ArrayRecordWriter
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
 from clipjax.data.labelled import ImageFolderSource, TfdsSource
 from clipjax.data.tf_example import parse_example, serialize_example
 from clipjax.errors import ConfigError
+from tests.labelled_fixture import write_folder, write_tfds
 from tests.shards import encode, photos
 
 
@@ -80,23 +80,6 @@ def test_serialized_examples_parse_with_protobuf_and_back():
     np.testing.assert_allclose(parsed["scores"], [0.25, 3.0])
 
 
-def write_tfds(root, names, images, labels, split="validation"):
-    """`root/imagenet2012/5.1.0/` as TFDS prepares it: 2 array_record shards of `split` and the label file."""
-    directory = os.path.join(root, "imagenet2012", "5.1.0")
-    os.makedirs(directory, exist_ok=True)
-    with open(os.path.join(directory, "label.labels.txt"), "w") as f:
-        f.write("\n".join(names) + "\n")
-    half = len(images) // 2
-    for shard, (start, stop) in enumerate([(0, half), (half, len(images))]):
-        path = os.path.join(directory, f"imagenet2012-{split}.array_record-0000{shard}-of-00002")
-        writer = ArrayRecordWriter(path, "group_size:1")
-        for i in range(start, stop):
-            record = {"image": [images[i]], "label": [labels[i]], "file_name": [f"{split[:3]}_{i}.JPEG".encode()]}
-            writer.write(serialize_example(record))
-        writer.close()
-    return directory
-
-
 def test_tfds_array_record_source_reads_examples_in_order(tmp_path):
     p = photos()
     images = [encode(p[name], "jpg") for name in ("astronaut", "chelsea", "coffee", "camera", "hubble")]
@@ -111,13 +94,6 @@ def test_tfds_array_record_source_reads_examples_in_order(tmp_path):
         TfdsSource(str(tmp_path), "imagenet2012", "train")
     with pytest.raises(ConfigError, match="holds no TFDS dataset"):
         TfdsSource(str(tmp_path / "nothing"), "imagenet2012", "validation")
-
-
-def write_folder(root, files):
-    for relative, data in files.items():
-        os.makedirs(os.path.dirname(os.path.join(root, relative)), exist_ok=True)
-        with open(os.path.join(root, relative), "wb") as f:
-            f.write(data)
 
 
 def test_image_folder_labels_are_sorted_class_directories(tmp_path):

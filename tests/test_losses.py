@@ -1,7 +1,5 @@
 """Contrastive losses: numpy oracles, fused == naive, sharded == unsharded, and no B x B buffer anywhere."""
 
-import re
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,24 +8,7 @@ from ml_collections import ConfigDict
 
 from clipjax.losses import clip_loss, siglip_loss
 from clipjax.parallel import batch_sharding, make_mesh
-
-
-def numpy_info_nce(images, texts, scale):
-    """Loss and gradients (d images, d texts, d scale) of the symmetric InfoNCE, in float64."""
-    images, texts = images.astype(np.float64), texts.astype(np.float64)
-    batch = len(images)
-    similarity = images @ texts.T
-    logits = scale * similarity
-
-    def log_softmax(x, axis):
-        x = x - x.max(axis=axis, keepdims=True)
-        return x - np.log(np.exp(x).sum(axis=axis, keepdims=True))
-
-    rows, cols = log_softmax(logits, 1), log_softmax(logits, 0)
-    loss = -0.5 * (np.trace(rows) / batch + np.trace(cols) / batch)
-    eye = np.eye(batch)
-    d_logits = 0.5 / batch * ((np.exp(rows) - eye) + (np.exp(cols) - eye))
-    return loss, scale * d_logits @ texts, scale * d_logits.T @ images, np.sum(d_logits * similarity)
+from tests.oracles import largest_buffer, numpy_info_nce, pairs
 
 
 def numpy_sigmoid_loss(images, texts, scale, bias):
@@ -40,15 +21,6 @@ def numpy_sigmoid_loss(images, texts, scale, bias):
     loss = np.sum(np.logaddexp(0, -z)) / batch  # -log sigmoid(z)
     d_logits = -signs / (1 + np.exp(z)) / batch
     return loss, scale * d_logits @ texts, scale * d_logits.T @ images, np.sum(d_logits * similarity), np.sum(d_logits)
-
-
-def pairs(batch, dim, seed=0, dtype=np.float32):
-    """Unit image rows and correlated unit text rows, so the loss is informative."""
-    rng = np.random.default_rng(seed)
-    images = rng.normal(size=(batch, dim))
-    texts = images + rng.normal(size=(batch, dim))
-    unit = lambda x: (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(dtype)  # noqa: E731
-    return unit(images), unit(texts)
 
 
 def value_and_grads(loss, *args, **kwargs):
@@ -120,12 +92,6 @@ def test_sharded_over_8_devices_equals_one_device(loss, scalars):
     np.testing.assert_allclose(value, single_value, rtol=1e-5)
     for sharded, single in zip(grads, single_grads):
         np.testing.assert_allclose(sharded, single, rtol=1e-5, atol=1e-6)
-
-
-def largest_buffer(hlo_text):
-    """Elements of the largest array shape anywhere in an HLO module."""
-    sizes = [np.prod([int(d) for d in dims.split(",") if d]) for dims in re.findall(r"[a-z]+\d*\[([\d,]*)\]", hlo_text)]
-    return max(sizes)
 
 
 def test_no_batch_by_batch_buffer_in_the_compiled_program():

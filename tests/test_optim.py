@@ -19,7 +19,7 @@ from clipjax.parallel import make_mesh
 from clipjax.train.loop import Task, train
 from clipjax.train.optim import global_norm, lr_schedule, make_optimizer, weight_decay_mask
 from clipjax.train.state import TrainState
-from tests.test_loop import Samples, toy_config, toy_task
+from tests.toy_task import Samples, toy_config, toy_task
 
 
 def optim_config(**overrides):

@@ -60,9 +60,10 @@ def test_rerunning_the_command_resumes_from_the_checkpoint(repo_root, smoke_run,
     assert after[: len(before)] == before  # nothing logged earlier is rewritten
     assert [row["step"] for row in after[len(before) :]] == [275, 275]  # one train row, one eval row
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["125", "250", "275"]
-    # The data iterator continued: 275 batches of 128 examples consumed in all (none skipped).
+    # The data iterator continued: 275 windows of 128 examples consumed in all, none of them partly (none skipped).
     with open(os.path.join(workdir, "checkpoints", "275", "data", "process_0-of-1.json")) as f:
-        assert json.load(f)["next_index"] == 275 * 128
+        position = json.load(f)
+    assert position["parent"]["next_index"] == 275 and position["offset"] == 0
     # The earlier config is kept, the new one is current.
     with open(os.path.join(workdir, "config.1.json")) as f:
         assert json.load(f)["total_steps"] == 250

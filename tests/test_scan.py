@@ -16,8 +16,8 @@ from clipjax.tasks.pretrain import make_init_state, make_train_step
 from clipjax.train.layer_decay import layer_lr_scales
 from clipjax.train.loop import shard_functions
 from clipjax.train.optim import make_optimizer, weight_decay_mask
-from clipjax.validation import validate
 from clipjax.train.transplant import transplant
+from clipjax.validation import validate
 from tests.helpers import tiny_config
 
 

@@ -11,10 +11,11 @@ import pytest
 from clipjax.config import load_config
 from clipjax.errors import ConfigError
 from clipjax.main import main
+from clipjax.train.metrics import read_metrics
 from clipjax.validation import validate
 from clipjax.weights import read_metadata
-from tests.test_finetune import metrics_rows, tiny_model_flags
-from tests.test_segmentation_data import photo, raw_label
+from tests.helpers import tiny_model_flags
+from tests.photos import photo, raw_label
 
 # (split, stem, photo, size of the stored image): originals of several sizes and orientations.
 FILES = (
@@ -78,7 +79,7 @@ def test_segmentation_on_the_ade20k_layout_scores_original_sizes_and_keeps_the_b
         *tiny_model_flags(),
     ]
     assert main(flags) == 0
-    evaluations = [row for row in metrics_rows(workdir) if "eval/miou" in row]
+    evaluations = [row for row in read_metrics(workdir) if "eval/miou" in row]
     assert [row["step"] for row in evaluations] == [2, 4]
     for row in evaluations:
         assert 0 <= row["eval/miou"] <= row["eval/macc"] + 1e-9 and 0 <= row["eval/aacc"] <= 1
@@ -95,4 +96,4 @@ def test_segmentation_on_the_ade20k_layout_scores_original_sizes_and_keeps_the_b
     saved = read_metadata(os.path.join(workdir, "best"))
     assert saved["task"] == "segment" and saved["num_classes"] == 150 and saved["metric"] == "eval/miou"
     assert saved["value"] == pytest.approx(best["eval/miou"], rel=1e-9)
-    assert all(np.isfinite(row["train/loss"]) for row in metrics_rows(workdir) if "train/loss" in row)
+    assert all(np.isfinite(row["train/loss"]) for row in read_metrics(workdir) if "train/loss" in row)

@@ -11,7 +11,6 @@ import os
 import cv2
 import numpy as np
 import pytest
-import skimage.data
 from ml_collections import ConfigDict
 
 from clipjax.data.images import BadImage, decode_image
@@ -35,6 +34,7 @@ from clipjax.data.synthetic import CATEGORIES
 from clipjax.data.transforms import padding_pixel
 from clipjax.errors import ConfigError
 from clipjax.ops.labels import IGNORE_LABEL
+from tests.photos import photo, raw_label
 
 # (split, stem, scikit-image photo)
 FILES = (
@@ -45,25 +45,6 @@ FILES = (
 TRAIN = functools.partial(
     segmentation_train_example, cat_max_ratio=0.75, flip=True, photometric=True, reduce_zero_label=True
 )
-
-
-@functools.cache
-def photo(name: str) -> np.ndarray:
-    """uint8 [H, W, 3] RGB."""
-    return getattr(skimage.data, name)()
-
-
-@functools.cache
-def raw_label(name: str) -> np.ndarray:
-    """uint8 [H, W] ADE20K-style labels for the photo: 0 border, 1 / 3 by brightness, rectangles of 13 and 150."""
-    image = photo(name)
-    height, width = image.shape[:2]
-    label = np.zeros((height, width), np.uint8)
-    grey = image.mean(axis=-1)
-    label[6:-6, 6:-6] = np.where(grey[6:-6, 6:-6] > 110, 3, 1)
-    label[20 : height // 3, 30 : width // 4] = 13
-    label[height // 2 : height - 30, width // 2 : width - 40] = 150
-    return label
 
 
 def png(array: np.ndarray) -> bytes:
