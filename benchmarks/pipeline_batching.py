@@ -39,7 +39,7 @@ import numpy as np
 from input_pipeline import write_sample_shard
 from report import emit, environment
 
-from clipjax.data.batching import MAX_SKIPPED_IN_A_ROW, host_batches
+from clipjax.data.batching import MAX_SKIPPED_IN_A_ROW, host_batches, host_stream
 from clipjax.data.datacomp import webdataset_example
 from clipjax.data.skips import SKIPPED, skipped
 from clipjax.data.webdataset import WebDatasetSource, expand_shards
@@ -72,15 +72,16 @@ def in_trainer_batches(
     """clipjax's batches as host_batches made them until 2026-12-06: the same element stream, every example
     sent from its worker on its own and stacked in the training process."""
     per_host_batch = batch_size // process_count
-    first_local = -((process_index - start_sample) // process_count)
-    elements = (
-        grain.MapDataset.source(source)
-        .shuffle(seed=seed)
-        .repeat(None)
-        .random_map(transform, seed=seed)
-        .slice(slice(process_index, None, process_count))
-        .slice(slice(first_local, None))
-        .to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=2 * per_host_batch))
+    stream = host_stream(
+        source,
+        transform,
+        seed=seed,
+        process_index=process_index,
+        process_count=process_count,
+        start_sample=start_sample,
+    )
+    elements = stream.to_iter_dataset(
+        grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=2 * per_host_batch)
     )
     if num_workers > 0:
         if not absl.flags.FLAGS.is_parsed():

@@ -22,6 +22,30 @@ MAX_SKIPPED_IN_A_ROW = 10_000
 POSITION_FORMAT = 2
 
 
+def host_stream(
+    source: Any,
+    transform: Callable[[Any, np.random.Generator], Any],
+    *,
+    seed: int,
+    process_index: int,
+    process_count: int,
+    start_sample: int = 0,
+) -> grain.MapDataset:
+    """This host's endless stream of `transform(record, rng)` elements (see `host_batches`): a fresh seeded
+    permutation of `source` every epoch, every `process_count`-th element from global element `start_sample`
+    on, each transformed with a generator seeded by its global index."""
+    # The first element of this host's share at or after global element `start_sample`.
+    first_local = -((process_index - start_sample) // process_count)
+    return (
+        grain.MapDataset.source(source)
+        .shuffle(seed=seed)
+        .repeat(None)  # a fresh permutation every epoch
+        .random_map(transform, seed=seed)
+        .slice(slice(process_index, None, process_count))
+        .slice(slice(first_local, None))
+    )
+
+
 def host_batches(
     source: Any,
     transform: Callable[[Any, np.random.Generator], Any],
@@ -53,15 +77,15 @@ def host_batches(
     windows i, i + W, ...), so the batches do not depend on the worker count.
     """
     per_host_batch = batch_size // process_count
-    # The first element of this host's share at or after global element `start_sample`.
-    first_local = -((process_index - start_sample) // process_count)
     windows = (
-        grain.MapDataset.source(source)
-        .shuffle(seed=seed)
-        .repeat(None)  # a fresh permutation every epoch
-        .random_map(transform, seed=seed)
-        .slice(slice(process_index, None, process_count))
-        .slice(slice(first_local, None))
+        host_stream(
+            source,
+            transform,
+            seed=seed,
+            process_index=process_index,
+            process_count=process_count,
+            start_sample=start_sample,
+        )
         # Consecutive elements of this host's stream, skipped ones included. The stream is endless:
         # drop_remainder keeps the window count an integer division (a float one overflows len()).
         .batch(per_host_batch, drop_remainder=True, batch_fn=stack_usable)
