@@ -206,9 +206,8 @@ def base_config() -> ConfigDict:
             "eval_examples": None,  # the first N of the evaluation split (None: all of it, exact; 1000 synthetic)
             "eval_batch_size": 256,
             # The evaluation metric whose best value's weights are kept in <workdir>/best; None: the task's
-            # main one (eval/top1 for "finetune", eval/rmse for "depth", eval/miou for "segment", eval/box_ap for
-            # "detect"). Errors count
-            # smaller as better (rmse, abs_rel, ...).
+            # main one (its TaskSpec's best_metric, e.g. eval/top1 for "finetune", eval/rmse for "depth"). Errors
+            # (rmse, abs_rel, ...) count smaller as better, as each task declares.
             "best_metric": None,
         }
     )

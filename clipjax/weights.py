@@ -115,7 +115,10 @@ def training_run(directory: str) -> TrainingRun:
         checkpoints = os.path.abspath(checkpoints)
     step = _latest_step(checkpoints)
     if step is None:
-        where = f"; its config.json names {checkpoints}" if config is not None else ""
+        where = ""
+        if config is not None:
+            relative = "" if os.path.isabs(config.get("checkpoint_dir") or "/") else ", a relative path read from here"
+            where = f"; its config.json names {checkpoints}{relative}"
         raise ConfigError(
             f"config.init={directory!r} is neither a converted checkpoint ({METADATA_FILE}) nor a training workdir "
             f"or checkpoint directory with a complete checkpoint{where}; convert one with `python -m clipjax.convert` "
@@ -154,6 +157,10 @@ def _latest_step(checkpoints: str) -> int | None:
         found = ocp.path.step.latest_step_metadata(checkpoints, ocp.path.step.standard_name_format())
     except (FileNotFoundError, NotADirectoryError):
         return None
+    except Exception as e:  # a bucket without its file system package, permissions: one line, not a traceback
+        text = str(e).strip().splitlines()
+        reason = text[0] if text else type(e).__name__
+        raise ConfigError(f"cannot list the checkpoints in {checkpoints}: {reason}") from None
     return None if found is None else found.step
 
 

@@ -157,6 +157,17 @@ def test_data_of_another_layout_is_refused_naming_the_kind_and_argument_to_use(t
         ConfigError, match=r"looks like an ImageFolder tree .*: use --config.eval.zeroshot.kind=folder$"
     ):
         make_evaluator(None, make_mesh({"data": -1, "fsdp": 1}), config)
+    # A kind the reader does not take is named as what the data is, not offered as the fix.
+    config = load_config("configs/evaluate.py", [("eval.zeroshot.kind", "folder"), ("eval.zeroshot.path", coco)])
+    with pytest.raises(
+        ConfigError, match=r"looks like COCO .*, which config.eval.zeroshot.kind='folder' does not read$"
+    ):
+        make_evaluator(None, make_mesh({"data": -1, "fsdp": 1}), config)
+    from clipjax.data.layouts import advice
+
+    assert advice(folder, "webdataset", accepted=("synthetic", "webdataset")).endswith(
+        "looks like an ImageFolder tree (split/<class>/<image>), which config.data.kind='webdataset' does not read"
+    )
     # A path of the right layout that is broken otherwise keeps its own message alone.
     config = load_config("configs/finetune/imagenet_vit_b16.py:data=folder", [("data.path", empty)])
     with pytest.raises(ConfigError, match=r"image folder .*train does not exist$"):

@@ -149,10 +149,21 @@ def test_a_second_task_of_the_same_name_is_refused_and_a_spec_must_be_consistent
     from clipjax.tasks import register
 
     load_config(toy_config_file)  # registers TOY
-    assert register(TOY) is TOY  # again: a no-op
-    with pytest.raises(ValueError, match="a task named 'toy_mean' is registered already"):
-        register(TaskSpec(name="toy_mean", run=run_toy))
+    load_config(toy_config_file)  # the config file executed again: the same task, registered again
+    assert register(TOY) is TOY
+    again = TaskSpec(name="toy_mean", run=run_toy, init="none")  # a module executed again makes a new spec
+    assert register(again) is again and get_task("toy_mean") is again
+    register(TOY)
+
+    def other_run(config, workdir, mesh):
+        return {}
+
+    for name in ("toy_mean", "pretrain"):  # clipjax's own tasks included, before any of them was asked for
+        with pytest.raises(ConfigError, match=f"a task named '{name}' is registered already"):
+            register(TaskSpec(name=name, run=other_run))
     with pytest.raises(ValueError, match="lower_is_better names metrics it does not log"):
         TaskSpec(name="bad", run=run_toy, metrics=("top1",), lower_is_better=("rmse",))
     with pytest.raises(ValueError, match="init='sometimes'"):
         TaskSpec(name="bad", run=run_toy, init="sometimes")
+    with pytest.raises(ValueError, match="a finetuning task names the best_metric"):
+        TaskSpec(name="bad", run=run_toy, finetunes=True, metrics=("top1",))

@@ -17,8 +17,9 @@ class ConversionError(ConfigError):
 
 
 def read_state_dict(path: str) -> dict[str, np.ndarray]:
-    """{name: float32 numpy array} from a `.safetensors` file (read without PyTorch; float32, float16,
-    bfloat16 and the other numeric dtypes, so released bf16 weights convert to clipjax's float32 parameters)
+    """{name: float32 numpy array} from a `.safetensors` file (read without PyTorch; float64/32/16, bfloat16,
+    float8 e4m3 / e5m2, signed integers, uint8 and bool, so released bf16 weights convert to clipjax's float32
+    parameters)
     or a `.pt` / `.pth` / `.bin` file (PyTorch needed, weights only; a {"state_dict": ...} wrapper is unwrapped).
 
     Raises:

@@ -91,7 +91,7 @@ def finetune_dataset(
     config: ConfigDict, source: Any, *, process_index: int, process_count: int, start_sample: int = 0
 ) -> grain.IterDataset:
     """This host's augmented training batches {"image": uint8 [b, S, S, 3], "label": int32 [b], "__skipped__"}
-    (see `pipeline.host_batches`: shuffled every epoch, checkpointable, decoded in grain workers)."""
+    (see `batching.host_batches`: shuffled every epoch, checkpointable, decoded in grain workers)."""
     tune = config.finetune
     # Random erasing fills with noise that is standard normal after the model's normalisation.
     stats = (CLIP_MEAN, CLIP_STD) if config.data.normalize == "clip" else ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))

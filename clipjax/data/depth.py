@@ -243,7 +243,7 @@ def depth_dataset(
     config: ConfigDict, source: Any, *, process_index: int, process_count: int, start_sample: int = 0
 ) -> grain.IterDataset:
     """This host's augmented depth batches {"image": uint8 [b, S, S, 3], "depth": float32 [b, S, S],
-    "__skipped__"} with S = config.model.image_size (see `pipeline.host_batches`)."""
+    "__skipped__"} with S = config.model.image_size (see `batching.host_batches`)."""
     transform = functools.partial(
         depth_train_example,
         crop_size=config.model.image_size,

@@ -317,7 +317,7 @@ def detection_source(config: ConfigDict, split: str) -> SyntheticDetection | Coc
 def detection_dataset(
     config: ConfigDict, source: Any, *, process_index: int, process_count: int, start_sample: int = 0
 ) -> grain.IterDataset:
-    """This host's LSJ-augmented batches (see `pipeline.host_batches`): {"image": uint8 [b, S, S, 3],
+    """This host's LSJ-augmented batches (see `batching.host_batches`): {"image": uint8 [b, S, S, 3],
     "image_size": int32 [b, 2], "boxes": float32 [b, N, 4], "classes": int32 [b, N], "masks": uint8 [b, N, M, M],
     "__skipped__"} with S = config.model.image_size and N, M, the scale range from config.detection
     (max_instances, mask_size, scale_range), flips with config.data.flip, padding with the pixel that

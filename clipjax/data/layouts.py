@@ -56,9 +56,15 @@ def _is_image_folder(path: str) -> bool:
     return False
 
 
-def _is_tfds(path: str) -> bool:
-    # the version directory itself, <name>/<version>/, or <data_dir>/<name>/<version>/
-    return any(glob.glob(os.path.join(path, *["*"] * depth, "*.array_record-*")) for depth in range(3))
+def _is_tfds(path: str, depth: int = 2) -> bool:
+    """array_record shards in `path` (a version directory), or in <name>/<version>/ or <version>/ under it;
+    each level's listing cut short, so an ImageFolder's class directories are never listed whole."""
+    names = _entries(path)
+    if any(".array_record-" in name for name in names):
+        return True
+    return depth > 0 and any(
+        _is_tfds(os.path.join(path, name), depth - 1) for name in names[:8] if os.path.isdir(os.path.join(path, name))
+    )
 
 
 def _is_ade20k(path: str) -> bool:
@@ -101,13 +107,16 @@ def recognise(path: str) -> str | None:
     return None
 
 
-def advice(path: str, kind: str, key: str = "config.data.kind") -> str:
-    """ "" if `path` has no other recognised layout than `kind`'s, else a clause naming the kind to use, e.g.
-    "; /d looks like an ImageFolder tree (split/<class>/<image>): use --config.data.kind=folder (the ImageNet
-    finetuning configs: :data=folder)"."""
+def advice(path: str, kind: str, key: str = "config.data.kind", accepted: tuple[str, ...] | None = None) -> str:
+    """A clause naming the layout `path` has, when it is another kind's than `kind`, and, when the reader takes
+    that kind (`accepted`; None: any), the setting to use, e.g. "; /d looks like an ImageFolder tree
+    (split/<class>/<image>): use --config.data.kind=folder (the ImageNet finetuning configs: :data=folder)";
+    the empty string otherwise."""
     found = recognise(path)
     if found is None or found == kind:
         return ""
+    if accepted is not None and found not in accepted:
+        return f"; {path} looks like {DESCRIPTIONS[found]}, which {key}={kind!r} does not read"
     fix = f"--{key}={found}"
     if key == "config.data.kind" and found in CONFIG_ARGUMENTS:
         fix += f" (the ImageNet finetuning configs: {CONFIG_ARGUMENTS[found]}, which also sets the split names)"
@@ -115,13 +124,15 @@ def advice(path: str, kind: str, key: str = "config.data.kind") -> str:
 
 
 @contextlib.contextmanager
-def naming_the_layout(path: str, kind: str, key: str = "config.data.kind") -> Iterator[None]:
+def naming_the_layout(
+    path: str, kind: str, key: str = "config.data.kind", accepted: tuple[str, ...] | None = None
+) -> Iterator[None]:
     """Re-raises a ConfigError from reading `path` as `kind` with `advice` appended, when `path` has another
     recognised layout; otherwise lets it through unchanged."""
     try:
         yield
     except ConfigError as error:
-        clause = advice(path, kind, key)
+        clause = advice(path, kind, key, accepted)
         if not clause:
             raise
         raise ConfigError(f"{error}{clause}") from None

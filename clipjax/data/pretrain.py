@@ -56,7 +56,7 @@ def pretrain_source(config: ConfigDict) -> SyntheticScenes | WebDatasetSource:
     if len(source) == 0:
         raise ConfigError(
             f"config.data.path={data.path!r}: no readable samples in its {len(shards)} shard(s)"
-            + advice(data.path, "webdataset")
+            + advice(data.path, "webdataset", accepted=PRETRAIN_KINDS)
         )
     if not same_on_every_host(source.fingerprint()):
         raise UserError(

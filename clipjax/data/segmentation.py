@@ -396,7 +396,7 @@ def segmentation_dataset(
     config: ConfigDict, source: Any, *, process_index: int, process_count: int, start_sample: int = 0
 ) -> grain.IterDataset:
     """This host's augmented segmentation batches {"image": uint8 [b, S, S, 3], "label": uint8 [b, S, S],
-    "__skipped__"} with S = config.model.image_size (see `pipeline.host_batches`); ADE20K is resized around
+    "__skipped__"} with S = config.model.image_size (see `batching.host_batches`); ADE20K is resized around
     config.segmentation.scale and its labels reduced, the synthetic scenes around their own size; padding is
     the pixel that config.data.normalize maps to zero."""
     # Keys config.segmentation lacks take mmseg's ADE20K values.

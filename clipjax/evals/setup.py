@@ -24,6 +24,10 @@ from clipjax.evals.zeroshot import ZeroShotEvaluator
 from clipjax.models.clip import CLIP
 
 ZEROSHOT_KINDS = ("synthetic", "tfds", "folder", "none")
+# The names (after "eval/") of what `make_evaluator` can log.
+ZEROSHOT_AND_RETRIEVAL_METRICS = ("zeroshot_top1", "zeroshot_top5") + tuple(
+    f"retrieval_{direction}_r{k}" for direction in ("i2t", "t2i") for k in (1, 5, 10)
+)
 CLASSNAME_SOURCES = ("imagenet", "source")
 SYNTHETIC_ZEROSHOT_EXAMPLES = 1000  # held-out scenes when config.eval.zeroshot.num_examples is None
 
@@ -98,7 +102,7 @@ def _zeroshot_data(config: ConfigDict):
         )
         load = lambda record: {"image": record["image"], "label": np.asarray(record["label"], np.int32)}
         return scenes, load, synthetic.CATEGORIES, synthetic.ZEROSHOT_TEMPLATES, None
-    with naming_the_layout(zeroshot.path, zeroshot.kind, key="config.eval.zeroshot.kind"):
+    with naming_the_layout(zeroshot.path, zeroshot.kind, "config.eval.zeroshot.kind", accepted=ZEROSHOT_KINDS):
         if zeroshot.kind == "tfds":
             source = TfdsSource(zeroshot.path, zeroshot.dataset, zeroshot.split)
         else:

@@ -1,5 +1,5 @@
-"""What the dense heads share about the image tower under them: its ViT tokens as a feature map, the
-BatchNorm mode rule, and PyTorch-equal bilinear resizing."""
+"""What the dense heads share about the image tower under them: its ViT tokens as a feature map and the
+BatchNorm mode rule (PyTorch-equal bilinear resizing is clipjax/ops/resize.py)."""
 
 from __future__ import annotations
 

@@ -25,20 +25,34 @@ def _collect_built_in() -> None:
     for module in pkgutil.iter_modules(__path__):
         spec = getattr(importlib.import_module(f"{__name__}.{module.name}"), "TASK", None)
         if isinstance(spec, TaskSpec):
-            register(spec)
+            _add(spec)
 
 
 def register(spec: TaskSpec) -> TaskSpec:
-    """Makes `spec` selectable as `config.task=spec.name`; registering the same spec again is a no-op.
+    """Makes `spec` selectable as `config.task=spec.name`. Registering it again is a no-op, also when its module
+    was executed again (a config file is, each time it is loaded): a spec whose `run` is the same function
+    (module and name) replaces the earlier one.
 
     Raises:
-      ValueError: another task of the same name is registered.
+      ConfigError: another task of the same name is registered (clipjax's own included).
     """
-    known = _REGISTERED.get(spec.name)
-    if known is not None and known is not spec:
-        raise ValueError(f"a task named {spec.name!r} is registered already ({known.run.__module__})")
-    _REGISTERED[spec.name] = spec
+    _collect_built_in()
+    _add(spec)
     return spec
+
+
+def _add(spec: TaskSpec) -> None:
+    known = _REGISTERED.get(spec.name)
+    if known is not None and _origin(known) != _origin(spec):
+        raise ConfigError(
+            f"a task named {spec.name!r} is registered already (by {_origin(known)}); give the task in "
+            f"{_origin(spec)} another name"
+        )
+    _REGISTERED[spec.name] = spec
+
+
+def _origin(spec: TaskSpec) -> str:
+    return f"{spec.run.__module__}.{spec.run.__qualname__}"
 
 
 def registered() -> dict[str, TaskSpec]:
@@ -62,8 +76,3 @@ def get_task(name: str) -> TaskSpec:
 def data_kinds() -> tuple[str, ...]:
     """Every `config.data.kind` some task reads, in the order the tasks declare them."""
     return tuple(dict.fromkeys(kind for spec in registered().values() for kind in spec.data_kinds))
-
-
-def finetuning_tasks() -> tuple[str, ...]:
-    """The tasks that start from config.init's image tower and add a head."""
-    return tuple(name for name, spec in registered().items() if spec.finetunes)

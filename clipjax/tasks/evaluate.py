@@ -16,7 +16,7 @@ from ml_collections import ConfigDict
 
 from clipjax.config import merge_onto_defaults
 from clipjax.errors import ConfigError
-from clipjax.evals.setup import make_evaluator
+from clipjax.evals.setup import ZEROSHOT_AND_RETRIEVAL_METRICS, make_evaluator
 from clipjax.models import build_clip
 from clipjax.parallel import state_shardings
 from clipjax.tasks.spec import TaskSpec
@@ -53,7 +53,7 @@ def run(config: ConfigDict, workdir: str, mesh: Mesh) -> Metrics:
     config.model = merge_onto_defaults(ConfigDict({"model": saved["model"]})).model
     config.model.dtype = dtype
     config.data.normalize = saved["normalize"]
-    refuse_a_training_workdir(workdir)
+    refuse_a_training_workdir(workdir, TASK.name)
     prepare_workdir(workdir)
     if jax.process_index() == 0:
         save_config(config, workdir)
@@ -76,5 +76,5 @@ TASK = TaskSpec(
     run=run,
     title="evaluation",
     init="required",
-    metrics=("zeroshot_top1", "zeroshot_top5"),
+    metrics=ZEROSHOT_AND_RETRIEVAL_METRICS,
 )

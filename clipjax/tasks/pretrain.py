@@ -14,7 +14,7 @@ from ml_collections import ConfigDict
 from clipjax.config import choice
 from clipjax.data.pretrain import CAPTION_POLICIES, PRETRAIN_KINDS, captionless_kind, pretrain_dataset, pretrain_source
 from clipjax.errors import ConfigError
-from clipjax.evals.setup import make_evaluator
+from clipjax.evals.setup import ZEROSHOT_AND_RETRIEVAL_METRICS, make_evaluator
 from clipjax.losses import clip_distillation_losses, clip_loss, siglip_loss
 from clipjax.losses.contrastive import IMPLEMENTATIONS, LOSS_KINDS
 from clipjax.models import CLIP, build_clip, clamp_logit_scale
@@ -188,6 +188,6 @@ TASK = TaskSpec(
     validate=validate,
     data_kinds=PRETRAIN_KINDS,
     init="none",
-    metrics=("zeroshot_top1", "zeroshot_top5"),
+    metrics=ZEROSHOT_AND_RETRIEVAL_METRICS,
     checkpoint_keys=("loss.kind",),  # CLIP and SigLIP checkpoints differ in their parameters (the logit bias)
 )

@@ -2,8 +2,9 @@
 
 `clipjax.tasks` collects the specs of its modules (and any registered from elsewhere with
 `clipjax.tasks.register`); the command line dispatches on `config.task` through them, the generic validation
-applies what they declare, and the data kinds, the finetuning tasks and the lower-is-better metrics are
-derived from them. Nothing outside a task's module lists the task.
+applies what they declare (the init rule, the data kinds, the finetuning settings), the finetuning code reads
+their best metric, its direction and the head-keeping rule, and the loop their checkpoint keys. Nothing outside
+a task's module lists the task.
 """
 
 from __future__ import annotations
@@ -26,18 +27,20 @@ class TaskSpec:
       "compile_time_s"); a training task builds a `clipjax.train.loop.Task` and returns `train(...)`.
     title: what error lines call it, e.g. "detection" in "config.data.kind (detection)=...".
     validate: config -> None, raising a one-line ConfigError for a setting the task cannot run with; called
-      after the generic checks of the model and the mesh and before the data kind is checked against
-      `data_kinds` (so a task may explain a wrong kind in its own words).
+      after the generic checks of the model, the data and the evaluation settings and before the data kind is
+      checked against `data_kinds` (so a task may explain a wrong kind in its own words).
     data_kinds: the `config.data.kind` values it trains on; () for a task that reads no training data.
     init: whether it takes `config.init`: "none" (random start; it resumes from its workdir), "optional"
       (a random start without it) or "required".
     finetunes: it copies config.init's image tower into a model of its own with a new head, so the
       finetuning settings apply (config.finetune's evaluation sizes, layer-wise lr decay, EMA).
     metrics: the names (after "eval/") its evaluation logs, from which config.finetune.best_metric is chosen.
-    best_metric: the metric whose best value's weights are kept when config.finetune.best_metric is unset.
+    best_metric: the metric whose best value's weights are kept when config.finetune.best_metric is unset
+      (required of a finetuning task).
     lower_is_better: the metrics of `metrics` for which a smaller value is the better one (errors).
     checkpoint_keys: config keys, beyond task, seed and model, that its checkpoints depend on: a resumed run
-      must not change them (e.g. pretraining's "loss.kind").
+      must not change them (e.g. pretraining's "loss.kind"); `run` hands them to the loop's Task
+      (`finetuning_task` does for finetuning tasks).
     trains_batch_norm: its head's BatchNorms train on batch statistics, so an MCi tower's must too
       (config.model.batch_norm="train").
     """
@@ -60,6 +63,8 @@ class TaskSpec:
             raise ValueError(f"TaskSpec {self.name!r}: init={self.init!r} is not one of {INIT_RULES}")
         if not set(self.lower_is_better) <= set(self.metrics):
             raise ValueError(f"TaskSpec {self.name!r}: lower_is_better names metrics it does not log")
+        if self.finetunes and self.best_metric is None:
+            raise ValueError(f"TaskSpec {self.name!r}: a finetuning task names the best_metric whose weights it keeps")
         if self.best_metric is not None and self.best_metric.partition("/")[2] not in self.metrics:
             raise ValueError(f"TaskSpec {self.name!r}: best_metric {self.best_metric!r} is not among its metrics")
 

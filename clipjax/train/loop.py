@@ -8,8 +8,9 @@ the progress bar.
 Resuming is exact: the checkpoint holds the state, the data iterator position and the metrics of the
 logging window in progress, so a run killed at any moment and restarted with the same command logs the
 same `train/loss` sequence and ends with the same parameters as an uninterrupted run. If the global
-batch size or the number of hosts changed, the data restarts at the first record not yet read (exactly on
-one host; with several, to within the difference between the numbers of records they skipped).
+batch size or the number of hosts changed, or the data position was saved in an older form, the data
+restarts at the first record not yet read (exactly on one host; with several, to within the difference
+between the numbers of records they skipped).
 """
 
 from __future__ import annotations

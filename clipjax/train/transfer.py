@@ -47,6 +47,7 @@ class FinetuningSpec(Protocol):
 
     name: str
     best_metric: str | None
+    checkpoint_keys: tuple[str, ...]
 
     def smaller_is_better(self, metric: str) -> bool: ...
 
@@ -203,4 +204,5 @@ def finetuning_task(
         throughput_key="train/images_per_s",
         after_init=pretrained_loader(config, workdir, keep_head),
         on_evaluated=best,
+        checkpoint_keys=spec.checkpoint_keys,
     )

@@ -40,16 +40,17 @@ def save_config(config: ConfigDict, workdir: str) -> None:
     os.replace(path + ".tmp", path)
 
 
-def refuse_a_training_workdir(workdir: str) -> None:
-    """Raises a one-line ConfigError if `workdir` holds another task's run: its metrics rows after step 0 would
-    be moved aside and its config.json renamed (e.g. `--workdir` given the same directory as `config.init`)."""
+def refuse_a_training_workdir(workdir: str, task: str = "evaluate") -> None:
+    """For a task that writes step-0 rows only (`task`, e.g. an evaluation): raises a one-line ConfigError if
+    `workdir` holds another task's run, whose metrics rows after step 0 would be moved aside and config.json
+    renamed (e.g. `--workdir` given the same directory as `config.init`)."""
     saved = os.path.join(workdir, "config.json")
     if not os.path.isfile(saved):
         return
     with open(saved, encoding="utf-8") as f:
-        task = json.load(f).get("task")
-    if task != "evaluate":
+        found = json.load(f).get("task")
+    if found != task:
         raise ConfigError(
-            f"workdir {workdir} holds a {task!r} run; write the evaluation to another directory, e.g. "
-            f"{os.path.join(workdir, 'eval')}"
+            f"workdir {workdir} holds a {found!r} run; write the {task} run to another directory, e.g. "
+            f"{os.path.join(workdir, task)}"
         )
