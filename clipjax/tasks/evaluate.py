@@ -53,7 +53,7 @@ def run(config: ConfigDict, workdir: str, mesh: Mesh) -> Metrics:
     config.model = merge_onto_defaults(ConfigDict({"model": saved["model"]})).model
     config.model.dtype = dtype
     config.data.normalize = saved["normalize"]
-    refuse_a_training_workdir(workdir, TASK.name)
+    refuse_a_training_workdir(workdir, TASK.name, TASK.title)
     prepare_workdir(workdir)
     if jax.process_index() == 0:
         save_config(config, workdir)

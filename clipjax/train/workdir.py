@@ -40,10 +40,13 @@ def save_config(config: ConfigDict, workdir: str) -> None:
     os.replace(path + ".tmp", path)
 
 
-def refuse_a_training_workdir(workdir: str, task: str = "evaluate") -> None:
-    """For a task that writes step-0 rows only (`task`, e.g. an evaluation): raises a one-line ConfigError if
-    `workdir` holds another task's run, whose metrics rows after step 0 would be moved aside and config.json
-    renamed (e.g. `--workdir` given the same directory as `config.init`)."""
+def refuse_a_training_workdir(
+    workdir: str, task: str = "evaluate", what: str = "evaluation", subdirectory: str = "eval"
+) -> None:
+    """For a task that writes step-0 rows only (`task`, called `what` in the message): raises a one-line
+    ConfigError if `workdir` holds another task's run, whose metrics rows after step 0 would be moved aside and
+    config.json renamed (e.g. `--workdir` given the same directory as `config.init`); it suggests
+    `workdir/subdirectory` instead."""
     saved = os.path.join(workdir, "config.json")
     if not os.path.isfile(saved):
         return
@@ -51,6 +54,6 @@ def refuse_a_training_workdir(workdir: str, task: str = "evaluate") -> None:
         found = json.load(f).get("task")
     if found != task:
         raise ConfigError(
-            f"workdir {workdir} holds a {found!r} run; write the {task} run to another directory, e.g. "
-            f"{os.path.join(workdir, task)}"
+            f"workdir {workdir} holds a {found!r} run; write the {what} to another directory, e.g. "
+            f"{os.path.join(workdir, subdirectory)}"
         )
