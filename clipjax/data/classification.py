@@ -22,7 +22,7 @@ from clipjax.data.images import BadImage, decode_image, random_resized_crop
 from clipjax.data.labelled import ImageFolderSource, TfdsSource
 from clipjax.data.layouts import naming_the_layout
 from clipjax.data.skips import skipped
-from clipjax.data.transforms import CLIP_MEAN, CLIP_STD
+from clipjax.data.transforms import normalization_stats
 from clipjax.errors import ConfigError
 
 CLASSIFICATION_KINDS = ("synthetic", "tfds", "folder")
@@ -94,7 +94,7 @@ def finetune_dataset(
     (see `batching.host_batches`: shuffled every epoch, checkpointable, decoded in grain workers)."""
     tune = config.finetune
     # Random erasing fills with noise that is standard normal after the model's normalisation.
-    stats = (CLIP_MEAN, CLIP_STD) if config.data.normalize == "clip" else ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+    stats = normalization_stats(config.data.normalize)
     transform = functools.partial(
         train_example,
         image_size=config.model.image_size,

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from clipjax.data.images import CROP_ASPECT_RATIOS, BadImage, decode_image, encoded_size, random_resized_crop
+from clipjax.data.images import BadImage, crop_decode_target, decode_image, encoded_size, random_resized_crop
 from clipjax.data.reinforcements import BadReinforcement, parse_augmentations, parse_embeddings, replay
 from clipjax.data.skips import skipped
 from clipjax.data.webdataset import IMAGE_EXTENSIONS
@@ -124,10 +124,7 @@ def webdataset_example(
     # A JPEG decodes at 1/2, 1/4 or 1/8 scale only while the crop still covers image_size pixels.
     try:
         if reinforcement is None:
-            # A crop of at least crop_scale[0] of the area, at the most extreme aspect ratio, has a shorter side of
-            # at least sqrt(scale * that ratio) times the image's shorter side.
-            narrowest = min(CROP_ASPECT_RATIOS[0], 1 / CROP_ASPECT_RATIOS[1])
-            image = decode_image(encoded, target=math.ceil(image_size / math.sqrt(narrowest * crop_scale[0])))
+            image = decode_image(encoded, target=crop_decode_target(image_size, crop_scale))
         else:
             augmentations, image_emb, _ = reinforcement
             index = int(rng.integers(len(augmentations)))

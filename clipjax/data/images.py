@@ -209,6 +209,14 @@ def random_resized_crop(
     return np.ascontiguousarray(out)
 
 
+def crop_decode_target(image_size: int, crop_scale: tuple[float, float]) -> int:
+    """The shorter side to decode a photo at for `random_resized_crop(., image_size, scale=crop_scale)`: the
+    smallest crop allowed (crop_scale[0] of the area, at the most extreme aspect ratio) has a shorter side of
+    at least sqrt(scale * that ratio) times the image's, and must still cover `image_size` pixels."""
+    narrowest = min(CROP_ASPECT_RATIOS[0], 1 / CROP_ASPECT_RATIOS[1])
+    return math.ceil(image_size / math.sqrt(narrowest * crop_scale[0]))
+
+
 def center_crop(pixels: np.ndarray, size: int, ratio: float = 1.0) -> np.ndarray:
     """Evaluation view: the central square of uint8 [H, W, 3] pixels, `ratio` of the shorter side wide,
     resized to size x size (the same pixels as resizing the shorter side to `size / ratio`, then cutting

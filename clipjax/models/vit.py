@@ -1,5 +1,5 @@
-"""Vision Transformer image tower in the CLIP layout (patch embedding, CLS token, ln_pre, blocks, ln_post), or
-timm's as MobileCLIP-B uses it."""
+"""Vision Transformer image tower in the CLIP layout (patch embedding, CLS token, ln_pre, blocks, ln_post),
+timm's as MobileCLIP-B uses it, or MAE's; it can run on a subset of the patches (MAE's visible ones)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from clipjax.models.layers import (
     ACTIVATIONS,
@@ -23,8 +24,31 @@ from clipjax.models.mci import batch_norm
 
 Dtype = Any
 VIT_STEMS = ("patch", "conv", "mci")
-VIT_LAYOUTS = ("clip", "timm")
-TIMM_LAYER_NORM_EPS = 1e-6  # timm's VisionTransformer default; converted MobileCLIP-B weights depend on it
+VIT_LAYOUTS = ("clip", "timm", "mae")
+TIMM_LAYER_NORM_EPS = 1e-6  # timm's VisionTransformer default (and MAE's); converted MobileCLIP-B weights depend on it
+
+
+def sincos_position_embedding(grid_h: int, grid_w: int, width: int, cls_token: bool = True) -> np.ndarray:
+    """MAE's fixed 2-D sine-cosine position embedding (`get_2d_sincos_pos_embed`): float32 [(1 +) gh * gw,
+    width], a zero row for the CLS token first when `cls_token`.
+
+    Patch (i, j) (row, column; index i * gw + j) gets [sincos(j), sincos(i)], each half of the width: MAE's
+    meshgrid puts the column coordinate first. sincos(t) of w channels is [sin(t * f_k), cos(t * f_k)] for
+    f_k = 10000^(-k / (w / 2)), k < w / 2.
+    """
+    if width % 4:
+        raise ValueError(f"a 2-D sine-cosine position embedding needs a width divisible by 4, got {width}")
+    frequencies = 1.0 / 10000 ** (np.arange(width // 4, dtype=np.float64) / (width / 4))
+
+    def one_axis(positions: np.ndarray) -> np.ndarray:
+        angles = np.outer(positions.reshape(-1).astype(np.float64), frequencies)
+        return np.concatenate([np.sin(angles), np.cos(angles)], axis=1)
+
+    rows, cols = np.meshgrid(np.arange(grid_h), np.arange(grid_w), indexing="ij")
+    table = np.concatenate([one_axis(cols), one_axis(rows)], axis=1)
+    if cls_token:
+        table = np.concatenate([np.zeros((1, width)), table], axis=0)
+    return table.astype(np.float32)
 
 
 class VisionTransformer(nn.Module):
@@ -50,7 +74,15 @@ class VisionTransformer(nn.Module):
     uses it: no ln_pre, position embeddings for the patches only, epsilon 1e-6, projection with bias). The
     "clip" layout starts as open_clip's ViT does (CLS token, position embedding and projection N(0,
     width^-1/2), blocks by `OPEN_CLIP_VISION_INITS`), "timm" with N(0, 0.02) tokens and Xavier kernels; biases
-    at zero.
+    at zero. "mae" is He et al.'s encoder (timm's ViT as MAE trains it): no ln_pre, a position embedding for
+    the CLS token and the patches that starts as the fixed 2-D sine-cosine table (`sincos_position_embedding`;
+    the MAE task keeps it fixed, finetuning learns it), epsilon 1e-6, a patch embedding with bias that starts
+    Xavier-uniform as a linear layer, N(0, 0.02) CLS token, Xavier kernels, projection with bias.
+
+    `keep` (int [B, K] indices into the N patches) runs the blocks on those patches only (and the CLS token):
+    MAE's encoder on the visible patches. The position embedding is added before the patches are taken, so
+    each keeps its own; `tokens` is then [B, 1 + K, width] in `keep`'s order. A stem other than "patch"
+    mixes neighbouring patches' pixels: the caller blanks the dropped patches first (see models/mae.py).
     """
 
     width: int
@@ -78,40 +110,55 @@ class VisionTransformer(nn.Module):
 
     @nn.compact
     def __call__(
-        self, images: jax.Array, return_layers: tuple[int, ...] = (), return_attention: bool = False
+        self,
+        images: jax.Array,
+        return_layers: tuple[int, ...] = (),
+        return_attention: bool = False,
+        keep: jax.Array | None = None,
     ) -> dict[str, Any]:
         p = self.patch_size
         if images.shape[1] % p or images.shape[2] % p:
             raise ValueError(f"image size {images.shape[1:3]} is not divisible by patch size {p}")
         if self.layout not in VIT_LAYOUTS:
             raise ValueError(f"layout {self.layout!r} is not one of {VIT_LAYOUTS}")
-        timm = self.layout == "timm"
-        eps = TIMM_LAYER_NORM_EPS if timm else LAYER_NORM_EPS
+        if keep is not None and self.window_size:
+            raise ValueError("window attention needs every patch of the grid; it cannot run on kept patches only")
+        timm, mae = self.layout == "timm", self.layout == "mae"
+        eps = LAYER_NORM_EPS if self.layout == "clip" else TIMM_LAYER_NORM_EPS
         x = images.astype(self.dtype)
         if self.stem == "conv":
             x, p = self._conv_stem(x), 2
         elif self.stem == "mci":
             x, p = self._mci_stem(x), 2
+        # MAE initialises its patch embedding as the linear layer it is: Xavier over (p * p * 3) -> width.
+        patch_init = nn.initializers.variance_scaling(1.0, "fan_avg", "uniform", in_axis=(0, 1, 2), out_axis=-1)
         x = nn.Conv(
             self.width,
             (p, p),
             strides=(p, p),
             padding="VALID",
-            use_bias=self.stem == "mci",
+            use_bias=self.stem == "mci" or mae,
+            kernel_init=patch_init if mae else nn.linear.default_kernel_init,
             dtype=self.dtype,
             name="patch_embed",
         )(x)
         batch, gh, gw, _ = x.shape
         x = x.reshape(batch, gh * gw, self.width)
-        # open_clip's CLS token and position embedding start at N(0, width^-1/2); timm's at N(0, 0.02).
-        init = nn.initializers.normal(stddev=0.02 if timm else self.width**-0.5)
+        # open_clip's CLS token and position embedding start at N(0, width^-1/2); timm's and MAE's at N(0, 0.02).
+        init = nn.initializers.normal(stddev=self.width**-0.5 if self.layout == "clip" else 0.02)
         cls = jnp.broadcast_to(self.param("cls_token", init, (self.width,)).astype(x.dtype), (batch, 1, self.width))
         if timm:  # position embeddings for the patches only; the CLS token goes in without one
             x = x + self.param("pos_embed", init, (gh * gw, self.width)).astype(x.dtype)
-            x = jnp.concatenate([cls, x], axis=1)
         else:
-            x = jnp.concatenate([cls, x], axis=1)
-            x = x + self.param("pos_embed", init, (1 + gh * gw, self.width)).astype(x.dtype)
+            if mae:
+                table = sincos_position_embedding(gh, gw, self.width)
+                init = lambda key, shape, dtype=jnp.float32: jnp.asarray(table, dtype)  # noqa: E731
+            pos = self.param("pos_embed", init, (1 + gh * gw, self.width)).astype(x.dtype)
+            x, cls = x + pos[1:], cls + pos[0]
+        if keep is not None:
+            x = jnp.take_along_axis(x, keep[..., None].astype(jnp.int32), axis=1)
+        x = jnp.concatenate([cls, x], axis=1)
+        if self.layout == "clip":
             x = layer_norm("ln_pre", self.dtype)(x)
         if self.window_size:
             x = x[:, 1:]
@@ -130,7 +177,7 @@ class VisionTransformer(nn.Module):
             norm_eps=eps,
             window_size=self.window_size,
             global_blocks=self.global_blocks,
-            inits=XAVIER_INITS if timm else OPEN_CLIP_VISION_INITS,
+            inits=OPEN_CLIP_VISION_INITS if self.layout == "clip" else XAVIER_INITS,
             name="encoder",
         )(x, return_layers, return_attention, grid=(gh, gw))
         tokens = layer_norm("ln_post", self.dtype, eps)(x)
@@ -138,9 +185,10 @@ class VisionTransformer(nn.Module):
             pooled = tokens.mean(axis=1)
         else:
             pooled = tokens[:, 0] if self.pool == "cls" else tokens[:, 1:].mean(axis=1)
+        clip = self.layout == "clip"
         embedding = nn.Dense(
-            self.embed_dim, use_bias=timm, dtype=self.dtype, name="proj",
-            kernel_init=nn.initializers.xavier_uniform() if timm else nn.initializers.normal(self.width**-0.5),
+            self.embed_dim, use_bias=not clip, dtype=self.dtype, name="proj",
+            kernel_init=nn.initializers.normal(self.width**-0.5) if clip else nn.initializers.xavier_uniform(),
         )(pooled)  # fmt: skip
         return {
             "embedding": embedding,
