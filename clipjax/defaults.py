@@ -48,8 +48,9 @@ def base_config() -> ConfigDict:
     c.model.embed_dim = 512  # shared image-text embedding width
     # Overrides of the image tower preset (None keeps the preset's value). pool: "cls" or "mean" (of the
     # patch tokens); stem: "patch" (one strided conv, as CLIP), "conv" (a small conv stack, Xiao et al.) or
-    # "mci" (MobileCLIP-B's conv stem with BatchNorm); layout: "clip" (OpenAI's ViT) or "timm" (timm's, as
-    # MobileCLIP-B: no ln_pre, no CLS position embedding, LayerNorm epsilon 1e-6, projection bias).
+    # "mci" (MobileCLIP-B's conv stem with BatchNorm); layout: "clip" (OpenAI's ViT), "timm" (timm's, as
+    # MobileCLIP-B: no ln_pre, no CLS position embedding, LayerNorm epsilon 1e-6, projection bias) or "mae"
+    # (He et al.'s: no ln_pre, a sine-cosine position embedding with a CLS row, epsilon 1e-6, patch bias).
     c.model.image = ConfigDict(
         {
             "width": None,
@@ -166,7 +167,7 @@ def base_config() -> ConfigDict:
     # caption and "synthetic" the quality caption, mirroring DataComp vs DataCompDR.
     c.data.captions = "synthetic"  # real | synthetic | mixed | both
     c.data.synthetic_prob = 0.5  # with captions="mixed": chance the synthetic caption replaces the real one
-    c.data.normalize = "clip"  # "clip": OpenAI mean/std; "none": pixels in [0, 1] (MobileCLIP)
+    c.data.normalize = "clip"  # "clip": OpenAI mean/std; "imagenet": torchvision's (MAE); "none": [0, 1] (MobileCLIP)
     c.data.crop_scale = (0.9, 1.0)  # RandomResizedCrop's range of the crop's share of the image area (open_clip)
     c.data.flip = False  # random horizontal flips (off: captions say "left" and "right")
     # Labelled data (finetuning, kinds tfds and folder): the TFDS dataset name under data.path, and the split
@@ -302,6 +303,25 @@ def base_config() -> ConfigDict:
             "scale_range": (0.1, 2.0),
             "max_instances": 100,
             "mask_size": 56,
+        }
+    )
+
+    # Masked-autoencoder pretraining (task "mae", He et al. 2021) of the image tower config.model describes (a
+    # ViT with any stem; MAE's own layout is model.image.layout="mae"): the share of patches removed per image,
+    # MAE's normalised-pixel targets, the light decoder, and the evaluation (the reconstruction loss over
+    # eval_images held-out images with fixed masks, the first `reconstructions` of them drawn into
+    # <workdir>/reconstructions/<step>.png and TensorBoard).
+    c.mae = ConfigDict(
+        {
+            "mask_ratio": 0.75,
+            "norm_pix_loss": True,
+            "decoder_width": 512,
+            "decoder_depth": 8,
+            "decoder_heads": 16,
+            "decoder_mlp_dim": 2048,
+            "eval_images": 256,
+            "eval_batch_size": 64,
+            "reconstructions": 8,
         }
     )
 
