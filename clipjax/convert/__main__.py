@@ -2,9 +2,12 @@
 
   python -m clipjax.convert --source=open_clip --model=ViT-B-16 --checkpoint=FILE --workdir=DIR
   python -m clipjax.convert --source=timm --model=fastvit_mci2 --checkpoint=FILE --workdir=DIR
+  python -m clipjax.convert --source=mae --model=vit_b16 --checkpoint=mae_pretrain_vit_base.pth --workdir=DIR
 
 `--source=open_clip` converts a whole CLIP (both towers); `--source=timm` a timm `fastvit_mci0/1/2` image
-tower alone (its classifier becomes the projection), for finetuning.
+tower alone (its classifier becomes the projection), for finetuning; `--source=mae` a released MAE encoder
+(facebookresearch/mae's checkpoints, timm's `vit_*_patch16_224.mae`) as the ViT preset `--model` in MAE's
+layout, for finetuning.
 
 FILE: a `.safetensors` file (read without PyTorch) or a `.pt` / `.bin` state dict (needs PyTorch). Models:
 see `--help`. Keys the model does not use, keys it needs that are absent and shape mismatches are all
@@ -17,7 +20,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-USAGE = "usage: python -m clipjax.convert --source=open_clip|timm --model=NAME --checkpoint=FILE --workdir=DIR"
+USAGE = "usage: python -m clipjax.convert --source=open_clip|timm|mae --model=NAME --checkpoint=FILE --workdir=DIR"
 
 
 def parse(argv: Sequence[str]) -> dict[str, str]:
@@ -48,6 +51,7 @@ def convert(source: str, model_name: str, checkpoint: str, workdir: str) -> str:
     import jax
 
     from clipjax.convert.fastvit import fastvit_to_mci
+    from clipjax.convert.mae import MAE_NORMALIZE, convert_mae, mae_model_config
     from clipjax.convert.openclip import (
         OPEN_CLIP_MODELS,
         convert_open_clip,
@@ -80,8 +84,12 @@ def convert(source: str, model_name: str, checkpoint: str, workdir: str) -> str:
         image = fastvit_to_mci(state_dict, name, num_classes=embed_dim)
         variables = {"params": {"image": image["params"]}, "batch_stats": {"image": image["batch_stats"]}}
         normalize, towers = "none", ("image",)
+    elif source == "mae":
+        model = mae_model_config(model_name, state_dict)
+        variables = convert_mae(state_dict, model)
+        normalize, towers = MAE_NORMALIZE, ("image",)
     else:
-        raise ConfigError(f"--source={source!r} is not supported; use --source=open_clip or --source=timm")
+        raise ConfigError(f"--source={source!r} is not supported; use --source=open_clip, timm or mae")
     save_converted(
         workdir, variables, model, normalize=normalize, source=f"{source} {model_name} from {checkpoint}", towers=towers
     )
@@ -97,6 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         print(__doc__.strip() + "\n\nopen_clip models: " + ", ".join(OPEN_CLIP_MODELS))
         print("timm models: fastvit_mci0, fastvit_mci1, fastvit_mci2")
+        print("mae models: any ViT preset, e.g. vit_b16 (MAE's ViT-B/16), vit_l16")
         return 0
     from clipjax.errors import UserError
 

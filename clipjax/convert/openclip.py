@@ -82,7 +82,7 @@ def _linear(reader: StateDictReader, prefix: str, fan_in: int, fan_out: int) -> 
     }
 
 
-def _norm(reader: StateDictReader, prefix: str, width: int) -> dict[str, np.ndarray]:
+def norm_params(reader: StateDictReader, prefix: str, width: int) -> dict[str, np.ndarray]:
     return {"scale": reader.take(f"{prefix}.weight", (width,)), "bias": reader.take(f"{prefix}.bias", (width,))}
 
 
@@ -107,7 +107,7 @@ TIMM_BLOCK = {
 }
 
 
-def _encoder(
+def encoder_params(
     reader: StateDictReader,
     prefix: str,
     depth: int,
@@ -121,12 +121,12 @@ def _encoder(
     head_dim = width // heads
     blocks = {}
     for i in range(depth):
-        p = f"{prefix}.{names['blocks']}.{i}"
+        p = ".".join(filter(None, (prefix, names["blocks"], str(i))))
         qkv_w = reader.take(f"{p}.{names['qkv']}weight", (3 * width, width))
         qkv_b = reader.take(f"{p}.{names['qkv']}bias", (3 * width,))
         out_w = reader.take(f"{p}.{names['out']}.weight", (width, width))
         blocks[f"block_{i}"] = {
-            "ln_1": _norm(reader, f"{p}.{names['ln_1']}", width),
+            "ln_1": norm_params(reader, f"{p}.{names['ln_1']}", width),
             "attn": {
                 # rows of the fused projection are [q; k; v], each head-major: output index = head * head_dim + d
                 "qkv": {
@@ -138,7 +138,7 @@ def _encoder(
                     "bias": reader.take(f"{p}.{names['out']}.bias", (width,)),
                 },
             },
-            "ln_2": _norm(reader, f"{p}.{names['ln_2']}", width),
+            "ln_2": norm_params(reader, f"{p}.{names['ln_2']}", width),
             "mlp": {
                 "fc1": _linear(reader, f"{p}.{names['fc1']}", width, mlp_dim),
                 "fc2": _linear(reader, f"{p}.{names['fc2']}", mlp_dim, width),
@@ -155,9 +155,9 @@ def _vision_transformer(reader: StateDictReader, model: ConfigDict) -> dict:
         "patch_embed": {"kernel": reader.take("visual.conv1.weight", (width, 3, patch, patch)).transpose(2, 3, 1, 0)},
         "cls_token": reader.take("visual.class_embedding", (width,)),
         "pos_embed": reader.take("visual.positional_embedding", (1 + grid * grid, width)),
-        "ln_pre": _norm(reader, "visual.ln_pre", width),
-        "encoder": _encoder(reader, "visual.transformer", dims["depth"], width, dims["heads"], dims["mlp_dim"]),
-        "ln_post": _norm(reader, "visual.ln_post", width),
+        "ln_pre": norm_params(reader, "visual.ln_pre", width),
+        "encoder": encoder_params(reader, "visual.transformer", dims["depth"], width, dims["heads"], dims["mlp_dim"]),
+        "ln_post": norm_params(reader, "visual.ln_post", width),
         "proj": {"kernel": reader.take("visual.proj", (width, model.embed_dim))},
     }
 
@@ -171,7 +171,7 @@ def _timm_vision_transformer(reader: StateDictReader, model: ConfigDict) -> tupl
     for i, (channels_in, size) in enumerate(((3, 4), (width // 4, 2))):
         kernel = reader.take(f"{stem}.{i}.conv.weight", (width // 4, channels_in, size, size))
         params[f"stem_conv_{i}"] = {"kernel": kernel.transpose(2, 3, 1, 0)}
-        params[f"stem_norm_{i}"] = _norm(reader, f"{stem}.{i}.bn", width // 4)
+        params[f"stem_norm_{i}"] = norm_params(reader, f"{stem}.{i}.bn", width // 4)
         stats[f"stem_norm_{i}"] = {
             "mean": reader.take(f"{stem}.{i}.bn.running_mean", (width // 4,)),
             "var": reader.take(f"{stem}.{i}.bn.running_var", (width // 4,)),
@@ -182,10 +182,10 @@ def _timm_vision_transformer(reader: StateDictReader, model: ConfigDict) -> tupl
     }
     params["cls_token"] = reader.take(f"{t}cls_token", (1, 1, width)).reshape(width)
     params["pos_embed"] = reader.take(f"{t}pos_embed", (1, grid * grid, width)).reshape(grid * grid, width)
-    params["encoder"] = _encoder(
+    params["encoder"] = encoder_params(
         reader, "visual.trunk", dims["depth"], width, dims["heads"], dims["mlp_dim"], TIMM_BLOCK
     )
-    params["ln_post"] = _norm(reader, f"{t}norm", width)
+    params["ln_post"] = norm_params(reader, f"{t}norm", width)
     params["proj"] = _linear(reader, f"{t}head", width, model.embed_dim)
     return params, stats
 
@@ -197,8 +197,8 @@ def text_transformer(reader: StateDictReader, model: ConfigDict, prefix: str = "
     return {
         "token_embed": {"embedding": reader.take(f"{prefix}token_embedding.weight", (model.text.vocab_size, width))},
         "pos_embed": reader.take(f"{prefix}positional_embedding", (length, width)),
-        "encoder": _encoder(reader, f"{prefix}transformer", dims["depth"], width, dims["heads"], dims["mlp_dim"]),
-        "ln_final": _norm(reader, f"{prefix}ln_final", width),
+        "encoder": encoder_params(reader, f"{prefix}transformer", dims["depth"], width, dims["heads"], dims["mlp_dim"]),
+        "ln_final": norm_params(reader, f"{prefix}ln_final", width),
         "proj": {"kernel": reader.take(f"{prefix}text_projection", (width, model.embed_dim))},
     }
 

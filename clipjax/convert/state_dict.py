@@ -20,7 +20,8 @@ def read_state_dict(path: str) -> dict[str, np.ndarray]:
     """{name: float32 numpy array} from a `.safetensors` file (read without PyTorch; float64/32/16, bfloat16,
     float8 e4m3 / e5m2, signed integers, uint8 and bool, so released bf16 weights convert to clipjax's float32
     parameters)
-    or a `.pt` / `.pth` / `.bin` file (PyTorch needed, weights only; a {"state_dict": ...} wrapper is unwrapped).
+    or a `.pt` / `.pth` / `.bin` file (PyTorch needed, weights only; a {"state_dict": ...} or {"model": ...}
+    wrapper is unwrapped).
 
     Raises:
       UserError: the file is missing, unreadable, or needs PyTorch that is not installed.
@@ -39,8 +40,10 @@ def read_state_dict(path: str) -> dict[str, np.ndarray]:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # pickle, zip and torch errors alike
         raise UserError(f"cannot read {path} as a PyTorch checkpoint: {str(e).splitlines()[0]}") from None
-    if isinstance(loaded, Mapping) and "state_dict" in loaded:
-        loaded = loaded["state_dict"]
+    # Training scripts wrap the weights: {"state_dict": ...} (Lightning, open_clip), {"model": ...} (MAE, DeiT).
+    for wrapper in ("state_dict", "model"):
+        if isinstance(loaded, Mapping) and isinstance(loaded.get(wrapper), Mapping):
+            loaded = loaded[wrapper]
     if not isinstance(loaded, Mapping):
         raise UserError(f"{path} holds a {type(loaded).__name__}, not a state dict")
     # Checkpoints saved from DistributedDataParallel prefix every key with "module.".
