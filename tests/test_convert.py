@@ -127,6 +127,8 @@ def test_bfloat16_and_float16_safetensors_convert_to_float32_parameters(tmp_path
     jax.tree.map(np.testing.assert_array_equal, got, want)
 
 
+# Slow (about 45 s on 2 cores): left out of the default run, run with `python -m pytest -q -n 2 -m slow`.
+@pytest.mark.slow
 def test_convert_then_evaluate_zero_shot_from_the_command_line(tmp_path, repo_root, capsys):
     from safetensors.numpy import save_file
 

@@ -39,6 +39,8 @@ def coco_root(tmp_path_factory) -> str:
     return make_coco(str(tmp_path_factory.mktemp("coco")), size=SIZE)
 
 
+# Slow (about 45 s on 2 cores): left out of the default run, run with `python -m pytest -q -n 2 -m slow`.
+@pytest.mark.slow
 def test_mask_rcnn_overfits_real_photos_to_high_box_and_mask_ap(coco_root):
     # The three annotated training photos (cat; cup and spoon; astronaut and shuttle model), without jitter.
     source = CocoSource(coco_root, "train2017")

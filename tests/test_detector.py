@@ -69,6 +69,8 @@ def cascade():
     return model, jax.jit(model.init)(jax.random.PRNGKey(0), images[:1]), images
 
 
+# Slow (about 45 s on 2 cores): left out of the default run, run with `python -m pytest -q -n 2 -m slow`.
+@pytest.mark.slow
 def test_cascade_trains_every_stage_and_the_towers_batch_norms_from_known_initial_losses(cascade):
     model, variables, images = cascade
     params = variables["params"]
