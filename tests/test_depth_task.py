@@ -5,7 +5,6 @@ scenes, keeping the best (lowest rmse) weights."""
 import json
 import os
 
-import cv2
 import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
@@ -22,7 +21,7 @@ from clipjax.train.metrics import read_metrics
 from clipjax.validation import validate
 from clipjax.weights import read_metadata
 from tests.helpers import tiny_model_flags
-from tests.photos import motorcycle
+from tests.labelled_fixture import write_small_nyu
 
 
 def test_window_starts_cover_the_image_with_the_last_window_flush():
@@ -124,24 +123,7 @@ def test_depth_config_errors_are_one_line():
 
 @pytest.fixture(scope="module")
 def small_nyu(tmp_path_factory):
-    """BTS's layout at a tenth of the size: 48 x 64 frames cut from the motorcycle pair (depth resized by
-    nearest neighbour, so no depth is invented), 6 for training and 3 for testing."""
-    root = tmp_path_factory.mktemp("nyu")
-    image, millimetres = motorcycle()
-    lines = {"train": [], "test": []}
-    for n in range(9):
-        top, left = 40 * (n % 3), 60 * (n // 3)
-        window = np.s_[top : top + 384, left : left + 512]
-        rgb = cv2.resize(image[window], (64, 48), interpolation=cv2.INTER_AREA)
-        depth = cv2.resize(millimetres[window], (64, 48), interpolation=cv2.INTER_NEAREST)
-        split = "test" if n % 3 == 2 else "train"
-        os.makedirs(root / split, exist_ok=True)
-        cv2.imwrite(str(root / split / f"rgb_{n}.jpg"), rgb[..., ::-1])
-        cv2.imwrite(str(root / split / f"sync_depth_{n}.png"), depth)
-        lines[split].append(f"/{split}/rgb_{n}.jpg /{split}/sync_depth_{n}.png 518.8579")
-    for split, rows in lines.items():
-        (root / f"nyu_{split}.txt").write_text("\n".join(rows) + "\n")
-    return root
+    return write_small_nyu(tmp_path_factory.mktemp("nyu"))
 
 
 def test_depth_finetuning_on_nyu_layout_logs_exact_metrics_and_keeps_the_lowest_rmse(small_nyu, tmp_path):

@@ -4,7 +4,6 @@ mIoU over original-size labels, the per-class results, the best weights; and the
 import json
 import os
 
-import cv2
 import numpy as np
 import pytest
 
@@ -15,29 +14,12 @@ from clipjax.train.metrics import read_metrics
 from clipjax.validation import validate
 from clipjax.weights import read_metadata
 from tests.helpers import tiny_model_flags
-from tests.photos import photo, raw_label
-
-# (split, stem, photo, size of the stored image): originals of several sizes and orientations.
-FILES = (
-    ("training", "ADE_train_00000001", "coffee", (96, 144)),
-    ("training", "ADE_train_00000002", "chelsea", (80, 120)),
-    ("training", "ADE_train_00000003", "astronaut", (128, 96)),
-    ("validation", "ADE_val_00000001", "rocket", (72, 108)),
-    ("validation", "ADE_val_00000002", "astronaut", (100, 75)),
-)
+from tests.labelled_fixture import write_small_ade
 
 
 @pytest.fixture(scope="module")
 def small_ade(tmp_path_factory):
-    root = tmp_path_factory.mktemp("ade")
-    base = root / "ADEChallengeData2016"
-    for split, stem, name, (height, width) in FILES:
-        image = cv2.resize(photo(name), (width, height), interpolation=cv2.INTER_AREA)
-        label = cv2.resize(raw_label(name), (width, height), interpolation=cv2.INTER_NEAREST)
-        for kind, suffix, data in (("images", ".jpg", image[..., ::-1]), ("annotations", ".png", label)):
-            os.makedirs(base / kind / split, exist_ok=True)
-            assert cv2.imwrite(str(base / kind / split / (stem + suffix)), data)
-    return str(root)
+    return write_small_ade(tmp_path_factory.mktemp("ade"))
 
 
 def test_segment_config_errors_are_one_line():
