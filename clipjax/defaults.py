@@ -325,6 +325,29 @@ def base_config() -> ConfigDict:
         }
     )
 
+    # Linear probes of a frozen image tower (task "probe"; config.init names the weights): `task` is what the
+    # head predicts ("classify", "segment", "depth", on the data kinds those finetuning tasks read); the
+    # tower's features of every image are computed once (no augmentation: the evaluation view) and cached in
+    # <workdir>/features/. features: "pooled" or "blocks" (classify: the last n_blocks blocks' CLS + mean
+    # patch tokens, DINOv2). The head is fitted with AdamW for `steps` minibatches of `batch_size` for every lr
+    # x weight decay of the grid, on the training features less their last `holdout` share, which picks the
+    # best. train_examples: the first N training records (None: all; the synthetic scenes'
+    # data.synthetic.num_examples). The evaluation reads config.finetune.eval_examples / eval_batch_size;
+    # depth's range and loss come from config.depth.
+    c.probe = ConfigDict(
+        {
+            "task": "classify",
+            "features": "pooled",
+            "n_blocks": 4,
+            "lrs": (1e-3, 3e-3, 1e-2, 3e-2, 1e-1),
+            "weight_decays": (0.0, 1e-4),
+            "steps": 1000,
+            "batch_size": 256,
+            "holdout": 0.1,
+            "train_examples": None,
+        }
+    )
+
     c.eval = ConfigDict()
     c.eval.num_threads = 8  # evaluation images decoded in parallel per host
     # Zero-shot classification, logged as eval/zeroshot_top1 and _top5. kind: "synthetic" (held-out

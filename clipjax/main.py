@@ -73,7 +73,8 @@ def format_summary(task: str, workdir: str, summary: dict[str, Any]) -> str:
         lines.append(f"  {key:<24} {summary[key]:.4f}" if summary[key] < 10 else f"  {key:<24} {summary[key]:,.1f}")
     minutes, seconds = divmod(summary["wall_time_s"], 60)
     lines.append(f"  {'steps':<24} {summary['steps']}")
-    lines.append(f"  {'wall time':<24} {int(minutes)}m{seconds:04.1f}s (compile {summary['compile_time_s']:.1f}s)")
+    compile_s = f" (compile {summary['compile_time_s']:.1f}s)" if "compile_time_s" in summary else ""
+    lines.append(f"  {'wall time':<24} {int(minutes)}m{seconds:04.1f}s{compile_s}")
     return "\n".join(lines)
 
 

@@ -219,17 +219,20 @@ def _validate_eval(evaluation: ConfigDict) -> None:
         raise ConfigError(f"config.eval.num_threads={evaluation.num_threads} must be at least 1")
 
 
+def _lookup(config: ConfigDict, dotted: str) -> int:
+    for part in dotted.split("."):
+        config = config[part]
+    return config
+
+
 def _validate_mesh_and_batch(config: ConfigDict, num_devices: int, process_count: int) -> None:
     try:
         sizes = mesh_shape(config.mesh, num_devices)
     except ValueError as e:
         raise ConfigError(f"config.mesh: {e}; e.g. --config.mesh.data=-1 --config.mesh.fsdp=1") from None
     layout = " x ".join(f"{axis}={size}" for axis, size in sizes.items())
-    for key, value in (
-        ("batch_size", config.batch_size),
-        ("eval.zeroshot.batch_size", config.eval.zeroshot.batch_size),
-        ("eval.retrieval.batch_size", config.eval.retrieval.batch_size),
-    ):
+    keys = ("batch_size", "eval.zeroshot.batch_size", "eval.retrieval.batch_size", *get_task(config.task).batch_keys)
+    for key, value in ((key, _lookup(config, key)) for key in keys):
         if value % num_devices or value % process_count:
             multiple = math.lcm(num_devices, process_count)
             raise ConfigError(

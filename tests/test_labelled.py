@@ -159,9 +159,7 @@ def test_data_of_another_layout_is_refused_naming_the_kind_and_argument_to_use(t
         make_evaluator(None, make_mesh({"data": -1, "fsdp": 1}), config)
     # A kind the reader does not take is named as what the data is, not offered as the fix.
     config = load_config("configs/evaluate.py", [("eval.zeroshot.kind", "tfds"), ("eval.zeroshot.path", coco)])
-    with pytest.raises(
-        ConfigError, match=r"looks like COCO .*, which config.eval.zeroshot.kind='tfds' does not read$"
-    ):
+    with pytest.raises(ConfigError, match=r"looks like COCO .*, which config.eval.zeroshot.kind='tfds' does not read$"):
         make_evaluator(None, make_mesh({"data": -1, "fsdp": 1}), config)
     from clipjax.data.layouts import advice
 

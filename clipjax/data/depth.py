@@ -130,7 +130,7 @@ def decode_depth_png(data: bytes) -> np.ndarray:
     return decode_map(data, np.uint16, "depth map").astype(np.float32) / MILLIMETRES_PER_METRE
 
 
-def _depth_of(record: dict[str, Any], shape: tuple[int, ...]) -> np.ndarray:
+def depth_of(record: dict[str, Any], shape: tuple[int, ...]) -> np.ndarray:
     """float32 [H, W] metres: the record's depth, decoded from "depth_png" when present.
 
     Raises:
@@ -186,7 +186,7 @@ def depth_train_example(
     except BadImage:
         return skipped("corrupt_image")
     try:
-        depth = _depth_of(record, image.shape[:2])
+        depth = depth_of(record, image.shape[:2])
     except BadImage:
         return skipped("corrupt_depth")
     (rows, out_rows), (cols, out_cols) = (_window(n, crop_size, rng) for n in depth.shape)
@@ -212,7 +212,7 @@ def depth_eval_example(record: dict[str, Any]) -> dict[str, np.ndarray]:
       BadImage: an image or depth map that does not decode, or whose sizes differ.
     """
     image = record_image(record)
-    return {"image": image, "depth": _depth_of(record, image.shape[:2])}
+    return {"image": image, "depth": depth_of(record, image.shape[:2])}
 
 
 def depth_source(config: ConfigDict, split: str) -> Any:

@@ -168,7 +168,7 @@ def ade_labels(raw: np.ndarray) -> np.ndarray:
     return reduced
 
 
-def _label_of(record: dict[str, Any], shape: tuple[int, ...], reduce_zero_label: bool) -> np.ndarray:
+def label_of(record: dict[str, Any], shape: tuple[int, ...], reduce_zero_label: bool) -> np.ndarray:
     """uint8 [H, W]: the record's labels ("label_png" decoded, or the synthetic "semantic"), reduced on request.
 
     Raises:
@@ -324,7 +324,7 @@ def segmentation_train_example(
     except BadImage:
         return skipped("corrupt_image")
     try:
-        label = _label_of(record, image.shape[:2], reduce_zero_label)
+        label = label_of(record, image.shape[:2], reduce_zero_label)
     except BadImage:
         return skipped("corrupt_label")
     image, label = random_resize(image, label, scale, rng.uniform(*ratio_range))
@@ -358,7 +358,7 @@ def segmentation_eval_example(
       BadImage: an image or label map that does not decode, or whose sizes differ.
     """
     image = record_image(record)
-    label = _label_of(record, image.shape[:2], reduce_zero_label)
+    label = label_of(record, image.shape[:2], reduce_zero_label)
     if scale is not None:
         image, _ = random_resize(image, None, tuple(scale), 1.0)
     return {"image": image, "label": label}

@@ -163,6 +163,7 @@ TASK = TaskSpec(
     validate=validate,
     data_kinds=IMAGE_KINDS,
     init="none",
+    batch_keys=("mae.eval_batch_size",),
     metrics=("loss",),
     lower_is_better=("loss",),
 )

@@ -23,8 +23,9 @@ class TaskSpec:
     """A task: how it runs and what the rest of clipjax needs to know about it.
 
     name: the value of `config.task` that selects it.
-    run: (config, workdir, mesh) -> summary metrics (floats by name, plus "steps", "wall_time_s",
-      "compile_time_s"); a training task builds a `clipjax.train.loop.Task` and returns `train(...)`.
+    run: (config, workdir, mesh) -> summary metrics (floats by name, plus "steps", "wall_time_s" and, where a
+      step is compiled, "compile_time_s"); a training task builds a `clipjax.train.loop.Task` and returns
+      `train(...)`.
     title: what error lines call it, e.g. "detection" in "config.data.kind (detection)=...".
     validate: config -> None, raising a one-line ConfigError for a setting the task cannot run with; called
       after the generic checks of the model, the data and the evaluation settings and before the data kind is
@@ -43,6 +44,8 @@ class TaskSpec:
       (`finetuning_task` does for finetuning tasks).
     trains_batch_norm: its head's BatchNorms train on batch statistics, so an MCi tower's must too
       (config.model.batch_norm="train").
+    batch_keys: config keys of global batch sizes it uses besides `batch_size` (e.g. an evaluation's), which
+      must divide over the devices and hosts as `batch_size` does.
     """
 
     name: str
@@ -57,6 +60,7 @@ class TaskSpec:
     lower_is_better: tuple[str, ...] = ()
     checkpoint_keys: tuple[str, ...] = ()
     trains_batch_norm: bool = False
+    batch_keys: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.init not in INIT_RULES:
