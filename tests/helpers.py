@@ -45,3 +45,21 @@ def tiny_model_flags(width=32, depth=2, size=32):
         f"--config.model.image.mlp_dim={2 * width}",
         "--config.model.image.patch_size=8",
     ]
+
+
+def tiny_mci_with_random_variables(width: int = 32, size: int = 64, batch: int = 2):
+    """(an MCi of one block per stage, stage widths (8, 16, 16, `width`), random positive variables in its
+    initialiser's shapes (BatchNorm variances included), normal images float32 [batch, size, size, 3]).
+    Running or compiling MCi's initialiser costs 15-20 s on the CPU; applying the module op by op much less."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from clipjax.models.mci import MCi
+
+    tower = MCi(depths=(1, 1, 1, 1), widths=(8, 16, 16, width), num_classes=16)
+    rng = np.random.default_rng(0)
+    images = jnp.asarray(rng.normal(size=(batch, size, size, 3)), jnp.float32)
+    shapes = jax.eval_shape(tower.init, jax.random.PRNGKey(0), images)
+    variables = jax.tree.map(lambda s: jnp.asarray(rng.uniform(0.1, 0.3, s.shape), s.dtype), shapes)
+    return tower, variables, images

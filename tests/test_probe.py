@@ -18,10 +18,12 @@ from clipjax.data.transforms import normalize_images
 from clipjax.errors import ConfigError
 from clipjax.evals.batches import labelled_image_loader
 from clipjax.main import main
-from clipjax.tasks.probe import frozen_tower, probe_data
+from clipjax.tasks.probe import probe_data
 from clipjax.train.linear_probe import ProbeData, ProbeSpec, apply_head, fit_head, score_head
 from clipjax.train.metrics import read_metrics
+from clipjax.train.transfer import frozen_tower, model_config_from_init
 from clipjax.validation import validate
+from tests.helpers import tiny_mci_with_random_variables
 from tests.labelled_fixture import write_small_ade, write_small_nyu
 
 # The smoke pretraining's tower (tests/conftest.py runs configs/demo.py:smoke).
@@ -92,14 +94,12 @@ def test_a_probe_caches_the_towers_own_features_writes_its_results_and_beats_ran
     assert row["step"] == 0 and results["metric"] == "eval/top1" and results["value"] == row["eval/top1"]
     assert results["checkpoint"]["source"].startswith(f"{smoke} step ")
     assert results["data"]["train_examples"] == 2000 and results["data"]["eval_examples"] == 500
-    assert len(results["probe"]["grid"]) == 4 and {"lr", "weight_decay", "holdout_metric"} <= set(results["probe"])
+    assert len(results["probe"]["grid"]) == 3 and {"lr", "weight_decay", "holdout_metric"} <= set(results["probe"])
 
     # The cached training features equal the frozen tower's, recomputed here on the same first images.
     config = load_config(
         "configs/probe/demo.py", [("init", smoke), *(f.removeprefix("--config.").split("=") for f in SMOKE_TOWER)]
     )
-    from clipjax.train.transfer import model_config_from_init
-
     config.model, config.data.normalize, _ = model_config_from_init(config)
     tower, variables = frozen_tower(config)
     source, _, _, _ = probe_data(config, "train")
@@ -132,10 +132,10 @@ def test_a_probe_caches_the_towers_own_features_writes_its_results_and_beats_ran
     with open(os.path.join(random, "probe_results.json")) as f:
         results = json.load(f)
     assert results["checkpoint"] == {"path": None, "source": "random initialisation"}
-    # Measured spread (2026-12-06, 2-core VM; smoke pretraining and probe seeds 0-2 at the suite's flags, seed 0
-    # pretrained with 1 and 8 devices at -O2): top-1 0.272-0.312 pretrained against 0.150-0.170 random, a gain of
-    # 0.102-0.162 (10 classes, 500 held-out scenes); the bound asks for half the smallest.
-    assert pretrained > results["metrics"]["eval/top1"] + 0.05, (pretrained, results["metrics"])
+    # Measured spread (2026-12-07, 2-core VM; smoke pretraining and probe seeds 0-2 at the suite's flags, seed 0
+    # pretrained with 1 and 8 devices at -O2): top-1 0.266-0.322 pretrained against 0.154-0.170 random, a gain of
+    # 0.096-0.164 (10 classes, 500 held-out scenes); the bound asks for a little under half the smallest.
+    assert pretrained > results["metrics"]["eval/top1"] + 0.045, (pretrained, results["metrics"])
 
 
 @pytest.fixture(scope="module")
@@ -226,15 +226,8 @@ def test_the_probe_configs_validate():
 
 def test_an_mci_tower_gives_its_stride_16_map_and_pooled_features():
     from clipjax.evals.features import tower_features
-    from clipjax.models.mci import MCi
 
-    tower = MCi(depths=(1, 1, 1, 1), widths=(8, 16, 16, 32), num_classes=16)
-    rng = np.random.default_rng(0)
-    images = jnp.asarray(rng.normal(size=(2, 64, 64, 3)), jnp.float32)
-    # Random positive values in the initialiser's shapes (BatchNorm variances included): compiling or running
-    # MCi's initialiser costs 15-20 s here; applying it op by op under a second.
-    shapes = jax.eval_shape(tower.init, jax.random.PRNGKey(0), images)
-    variables = jax.tree.map(lambda s: jnp.asarray(rng.uniform(0.1, 0.3, s.shape), s.dtype), shapes)
+    tower, variables, images = tiny_mci_with_random_variables()
     out = tower.apply(variables, images)
     dense = tower_features(tower, variables, images, task="segment", kind="pooled", n_blocks=4)
     np.testing.assert_array_equal(dense["features"], out["features"][16])

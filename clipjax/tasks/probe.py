@@ -24,7 +24,6 @@ import time
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 from jax.sharding import Mesh
 from ml_collections import ConfigDict
 
@@ -37,46 +36,15 @@ from clipjax.errors import ConfigError
 from clipjax.evals.batches import labelled_image_loader
 from clipjax.evals.depth_metrics import DEPTH_METRICS
 from clipjax.evals.features import FEATURE_KINDS, cached_features, extract_features, feature_function
-from clipjax.models.presets import build_image_tower, image_tower_dims, is_mci
+from clipjax.models.presets import image_tower_dims, is_mci
 from clipjax.tasks.spec import TaskSpec
 from clipjax.train.linear_probe import PROBE_KINDS, SELECTION, ProbeData, ProbeSpec, score_head, select_head
 from clipjax.train.metrics import MetricWriter
-from clipjax.train.transfer import model_config_from_init
-from clipjax.train.transplant import transplant
+from clipjax.train.transfer import frozen_tower, model_config_from_init
 from clipjax.train.workdir import prepare_workdir, refuse_a_training_workdir, save_config
-from clipjax.weights import read_saved_variables
 
 RESULTS_FILE = "probe_results.json"
 DATA_KINDS = {"classify": CLASSIFICATION_KINDS, "segment": SEGMENTATION_KINDS, "depth": DEPTH_KINDS}
-
-
-def frozen_tower(config: ConfigDict) -> tuple[Any, dict[str, Any]]:
-    """(the image tower `config.model` describes, its variables from config.init, or random ones seeded by
-    config.seed without it: the baseline), with the load report printed.
-
-    Raises:
-      ConfigError: weights that hold no image tower this model has.
-    """
-    tower = build_image_tower(config.model)
-    size = config.model.image_size
-
-    def fresh() -> dict[str, Any]:
-        return jax.jit(tower.init)(jax.random.PRNGKey(config.seed), jnp.zeros((1, size, size, 3)))
-
-    if config.init is None:
-        return tower, fresh()
-    # Shapes only: compiling the initialiser costs seconds, and loaded weights replace every array it makes.
-    shapes = jax.eval_shape(tower.init, jax.random.PRNGKey(config.seed), jnp.zeros((1, size, size, 3)))
-    target = {collection: {"image": tree} for collection, tree in shapes.items()}
-    loaded, report = transplant(target, read_saved_variables(config.init))
-    if jax.process_index() == 0:
-        print(report.summary(config.init), flush=True)
-    variables = {collection: tree["image"] for collection, tree in loaded.items()}
-    if report.initialised:  # arrays the weights lack keep the initialiser's values (the report names them)
-        variables = jax.tree.map(
-            lambda kept, new: new if isinstance(kept, jax.ShapeDtypeStruct) else kept, variables, fresh()
-        )
-    return tower, variables
 
 
 def probe_data(config: ConfigDict, split: str) -> tuple[Any, Any, str, int]:

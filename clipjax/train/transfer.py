@@ -21,6 +21,7 @@ from ml_collections import ConfigDict
 
 from clipjax.config import merge_onto_defaults
 from clipjax.errors import ConfigError
+from clipjax.models.presets import build_image_tower
 from clipjax.train.loop import Metrics, Task
 from clipjax.train.optim import make_optimizer
 from clipjax.train.state import TrainState
@@ -64,6 +65,36 @@ def model_config_from_init(config: ConfigDict) -> tuple[ConfigDict, str, str]:
     for key in FINETUNE_MODEL_KEYS:
         model[key] = config.model[key]
     return model, saved["normalize"], saved["source"]
+
+
+def frozen_tower(config: ConfigDict) -> tuple[Any, dict[str, Any]]:
+    """For probes and analyses, which train nothing: (the image tower `config.model` describes, its variables
+    from config.init, or random ones seeded by config.seed without it: a probe's baseline), with the load
+    report printed.
+
+    Raises:
+      ConfigError: weights that hold no image tower this model has.
+    """
+    tower = build_image_tower(config.model)
+    size = config.model.image_size
+
+    def fresh() -> dict[str, Any]:
+        return jax.jit(tower.init)(jax.random.PRNGKey(config.seed), jnp.zeros((1, size, size, 3)))
+
+    if config.init is None:
+        return tower, fresh()
+    # Shapes only: compiling the initialiser costs seconds, and loaded weights replace every array it makes.
+    shapes = jax.eval_shape(tower.init, jax.random.PRNGKey(config.seed), jnp.zeros((1, size, size, 3)))
+    target = {collection: {"image": tree} for collection, tree in shapes.items()}
+    loaded, report = transplant(target, read_saved_variables(config.init))
+    if jax.process_index() == 0:
+        print(report.summary(config.init), flush=True)
+    variables = {collection: tree["image"] for collection, tree in loaded.items()}
+    if report.initialised:  # arrays the weights lack keep the initialiser's values (the report names them)
+        variables = jax.tree.map(
+            lambda kept, new: new if isinstance(kept, jax.ShapeDtypeStruct) else kept, variables, fresh()
+        )
+    return tower, variables
 
 
 def pretrained_loader(config: ConfigDict, workdir: str, keep_head: bool = False) -> Callable[[TrainState], TrainState]:
