@@ -348,6 +348,12 @@ def base_config() -> ConfigDict:
         }
     )
 
+    # Analyses of saved towers (task "analyze"): kind "attention_distance" (mean attention distance per head
+    # and block, clipjax/evals/attention_distance.py) of every weights directory in `inits` (or config.init
+    # alone) over the first num_images evaluation images (config.data: synthetic scenes, ImageNet val as tfds
+    # or folder), at each checkpoint's resolution, in global batches of batch_size.
+    c.analyze = ConfigDict({"kind": "attention_distance", "inits": (), "num_images": 1000, "batch_size": 64})
+
     c.eval = ConfigDict()
     c.eval.num_threads = 8  # evaluation images decoded in parallel per host
     # Zero-shot classification, logged as eval/zeroshot_top1 and _top5. kind: "synthetic" (held-out

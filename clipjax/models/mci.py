@@ -251,7 +251,10 @@ class Attention(nn.Module):
         qkv = dense(3 * c, use_bias=self.qkv_bias, name="qkv")(x.reshape(b, h * w, c))
         q, k, v = jnp.split(qkv.reshape(b, h * w, 3, heads, self.head_dim), 3, axis=2)  # each [B, N, 1, heads, d]
         logits = jnp.einsum("bqhd,bkhd->bhqk", q[:, :, 0], k[:, :, 0], preferred_element_type=jnp.float32)
-        attn = jax.nn.softmax(logits * self.head_dim**-0.5, axis=-1).astype(self.dtype)
+        attn = jax.nn.softmax(logits * self.head_dim**-0.5, axis=-1)
+        # Kept only when an apply asks for mutable=["intermediates"] (the attention-distance analysis).
+        self.sow("intermediates", "attention", attn)
+        attn = attn.astype(self.dtype)
         out = jnp.einsum("bhqk,bkhd->bqhd", attn, v[:, :, 0]).reshape(b, h * w, c)
         return dense(c, name="proj")(out).reshape(b, h, w, c)
 
