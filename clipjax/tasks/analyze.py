@@ -96,7 +96,7 @@ def analyse_one(config: ConfigDict, init: str, mesh: Mesh) -> dict[str, Any]:
 def run(config: ConfigDict, workdir: str, mesh: Mesh) -> dict[str, Any]:
     """Analyses every checkpoint as config.analyze says; writes the results into `workdir`."""
     start = time.perf_counter()
-    refuse_a_training_workdir(workdir, TASK.name, "analyze", "analysis")
+    refuse_a_training_workdir(workdir, TASK.name, "analysis", "analysis")
     prepare_workdir(workdir)
     if jax.process_index() == 0:
         save_config(config, workdir)
