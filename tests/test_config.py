@@ -101,7 +101,7 @@ def valid_demo(repo_root):
         ({"mesh.data": "3"}, "config.mesh: mesh sizes"),
         ({"model.image.heads": "5"}, "config.model.image.width=128 is not divisible by heads=5"),
         ({"model.image_size": "60"}, "config.model.image_size=60 is not divisible by the patch size"),
-        ({"task": "segmnet"}, "config.task='segmnet' is not one of 'depth', 'detect', 'evaluate', 'finetune'"),
+        ({"task": "segmnet"}, "config.task='segmnet' is not one of 'analyze', 'depth', 'detect', 'evaluate'"),
         ({"init": "/ckpt"}, "unset config.init"),
         ({"model.image.patch_size": "12"}, "config.model.image.stem='conv' needs a power-of-two patch size"),
         ({"model.image.stem": "hybrid"}, "config.model.image.stem='hybrid' is not one of"),
