@@ -19,7 +19,7 @@ FLOORS = (
     ("evaluation", ("evals",)),
     ("training and conversion", ("train", "convert")),
     ("tasks", ("tasks",)),
-    ("entry points", ("validation", "main")),
+    ("entry points", ("validation", "main", "sweep")),
 )
 FLOOR_OF = {unit: level for level, (_, units) in enumerate(FLOORS) for unit in units}
 PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "clipjax")
