@@ -63,7 +63,6 @@ class ProbeSpec:
     max_depth: float = 10.0
     min_depth: float = 1e-3
     silog_lambda: float = 0.5
-    eigen_crop: bool = False
 
 
 def _inputs(data: ProbeData, spec: ProbeSpec) -> np.ndarray:
@@ -139,8 +138,9 @@ def _compiled(spec: ProbeSpec) -> tuple[Any, Any]:
             logits = resize_logits(out, targets.shape[1:3])
             return confusion_matrix(jnp.argmax(logits, -1), targets, spec.outputs, valid)
         pred = resize_bilinear(out[..., None], targets.shape[1:3])[..., 0]
+        # No Eigen crop: the probe's depth views are central squares of the frames (clipjax/data/probe_views.py).
         return depth_metric_sums(pred, targets, valid, min_depth=spec.min_depth, max_depth=spec.max_depth,
-                                 eigen=spec.eigen_crop)  # fmt: skip
+                                 eigen=False)  # fmt: skip
 
     return jax.jit(steps), jax.jit(chunk)
 

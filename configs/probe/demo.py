@@ -36,5 +36,4 @@ def get_config(arg: str | None = None) -> ConfigDict:
     # The scenes of the demo finetuning of the same task: one shape (classification, segmentation), or
     # clutter (depth).
     c.data.synthetic = ConfigDict({"num_examples": 2000, "max_objects": 4 if arg.task == "depth" else 1})
-    c.depth = ConfigDict({"eigen_crop": False})
     return c

@@ -54,6 +54,5 @@ def get_config(arg: str | None = None) -> ConfigDict:
         c.data.eval_split = "validation" if arg.data == "tfds" else "val"
     if arg.task == "depth":
         c.data.train_split, c.data.eval_split = "nyu_train.txt", "nyu_test.txt"
-        c.depth = ConfigDict({"eigen_crop": False})
     c.eval = ConfigDict({"num_threads": 32})
     return c
