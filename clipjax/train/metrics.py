@@ -5,13 +5,29 @@ Only process 0 writes, so a multi-host job logs once.
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 import os
+import sys
 from typing import Any
 
 import jax
-from tensorboardX import SummaryWriter
+
+
+def _tensorboard_writer_class() -> type:
+    """tensorboardX's SummaryWriter, imported without torch: tensorboardX imports torch whenever it is installed,
+    only to accept torch tensors (clipjax logs floats and numpy images), and that took 2 s of every start."""
+    if "torch" in sys.modules:
+        return importlib.import_module("tensorboardX").SummaryWriter
+    sys.modules["torch"] = None  # `import torch` raises ImportError, which tensorboardX expects of a missing torch
+    try:
+        return importlib.import_module("tensorboardX").SummaryWriter
+    finally:
+        del sys.modules["torch"]  # torch imports normally afterwards
+
+
+SummaryWriter = _tensorboard_writer_class()
 
 METRICS_FILE = "metrics.jsonl"
 DISCARDED_FILE = "metrics.discarded.jsonl"
