@@ -22,7 +22,9 @@ from ml_collections import ConfigDict
 from clipjax.defaults import base_config
 from clipjax.errors import ConfigError
 
-__all__ = ["ConfigError", "apply_override", "choice", "load_config", "merge_onto_defaults", "parse_arg"]
+__all__ = [
+    "ConfigError", "apply_override", "choice", "load_config", "load_file_function", "merge_onto_defaults", "parse_arg",
+]  # fmt: skip
 
 
 def parse_arg(arg: str | None, **defaults: Any) -> ConfigDict:
@@ -57,18 +59,28 @@ def load_config(spec: str, overrides: Sequence[tuple[str, str]] = ()) -> ConfigD
     Returns:
       The full config (every key of `base_config()`).
     """
-    path, _, arg = spec.partition(":")
-    if not os.path.isfile(path):
-        raise ConfigError(f"--config: no such file {path!r}; pass a config file such as configs/demo.py")
-    module_spec = importlib.util.spec_from_file_location("_clipjax_user_config", path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    if not hasattr(module, "get_config"):
-        raise ConfigError(f"--config: {path} defines no get_config(arg); see configs/demo.py for the form")
-    config = merge_onto_defaults(module.get_config(arg or None))
+    get_config, arg = load_file_function(spec, "--config", "get_config", "configs/demo.py")
+    config = merge_onto_defaults(get_config(arg))
     for key, value in overrides:
         apply_override(config, key, value)
     return config
+
+
+def load_file_function(spec: str, flag: str, function: str, example: str) -> tuple[Any, str | None]:
+    """Executes the Python file of `spec` ("path.py[:ARG]") and returns (its `function`, ARG or None).
+
+    Raises:
+      ConfigError: no such file, or the file defines no `function` (the line names `flag` and `example`).
+    """
+    path, _, arg = spec.partition(":")
+    if not os.path.isfile(path):
+        raise ConfigError(f"{flag}: no such file {path!r}; pass a file such as {example}")
+    module_spec = importlib.util.spec_from_file_location(f"_clipjax_user_{function}", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    if not hasattr(module, function):
+        raise ConfigError(f"{flag}: {path} defines no {function}(arg); see {example} for the form")
+    return getattr(module, function), arg or None
 
 
 def merge_onto_defaults(user: ConfigDict) -> ConfigDict:

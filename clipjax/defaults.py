@@ -182,6 +182,11 @@ def base_config() -> ConfigDict:
     c.data.prefetch_to_device = 2
     c.data.num_threads = 2  # grain reader threads per process
     c.data.synthetic = ConfigDict({"num_examples": 100_000, "max_objects": 4})
+    # Data-scaling studies: train on a fixed subset of N training records (None: all), the first N of a fixed
+    # order (the built-in scenes': their own; any other source's: seeded by subset_seed), so smaller subsets lie
+    # inside larger ones; repeated for as many epochs as the steps need (clipjax/data/subsets.py).
+    c.data.subset_size = None
+    c.data.subset_seed = 0  # 0 .. 2**32 - 1
 
     # Finetuning a classifier on the image tower (task "finetune"); the pretrained tower comes from config.init.
     c.finetune = ConfigDict(

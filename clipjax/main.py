@@ -5,10 +5,10 @@
 
 Loads and validates the config, builds the device mesh and runs `config.task` in DIR. A multi-host job runs
 the same command on every host: inside SLURM or on a TPU pod slice the hosts find each other; elsewhere pass
-the three multi-host flags (see launch/). Running the same
-command again resumes from DIR. Exit status: 0 done; 2 bad config (one line on stderr); 1 another
-problem the user must fix, e.g. an unwritable workdir or checkpoints from another model (one line);
-75 stopped by SIGTERM / SIGINT after saving a checkpoint (run the command again to resume).
+the three multi-host flags (see launch/). Running the same command again resumes from DIR. A run that
+finishes writes DIR/summary.json (its final metrics). Exit status: 0 done; 2 bad config (one line on
+stderr); 1 another problem the user must fix, e.g. an unwritable workdir or checkpoints from another model
+(one line); 75 stopped by SIGTERM / SIGINT after saving a checkpoint (run the command again to resume).
 """
 
 from __future__ import annotations
@@ -93,6 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from clipjax.errors import Preempted, UserError
     from clipjax.parallel import make_mesh
     from clipjax.tasks import get_task
+    from clipjax.train.workdir import save_summary
     from clipjax.validation import validate
 
     try:
@@ -103,16 +104,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         workdir = command.workdir
         validate(config, num_devices=jax.device_count(), process_count=jax.process_count())
         mesh = make_mesh(config.mesh)
+        task = get_task(config.task)
         if jax.process_index() == 0:
             per_device = config.batch_size // jax.device_count()
             layout = ", ".join(f"{axis}={size}" for axis, size in mesh.shape.items())
             hosts = f" on {jax.process_count()} hosts" if jax.process_count() > 1 else ""
+            training = (
+                f", global batch {config.batch_size} ({per_device} per device), {config.total_steps} steps"
+                if task.trains
+                else ""
+            )
             print(
                 f"clipjax {config.task}: {jax.device_count()} {jax.devices()[0].platform} devices{hosts}, mesh "
-                f"{layout}, global batch {config.batch_size} ({per_device} per device), {config.total_steps} steps",
+                f"{layout}{training}",
                 flush=True,
             )
-        summary = get_task(config.task).run(config, workdir, mesh)
+        summary = task.run(config, workdir, mesh)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         return e.exit_status
@@ -120,6 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"stopped: {e}", file=sys.stderr, flush=True)
         return e.exit_status
     if jax.process_index() == 0:
+        save_summary(workdir, config.task, summary)
         print(format_summary(config.task, workdir, summary), flush=True)
     return 0
 

@@ -177,6 +177,17 @@ def _validate_data(config: ConfigDict) -> None:
             f"config.data.path is required with config.data.kind={data.kind!r}; "
             "pass e.g. --config.data.path=/data/shards/{00000..00099}.tar"
         )
+    if data.subset_size is not None:
+        spec = get_task(config.task)
+        if not spec.trains:
+            raise ConfigError(
+                f"config.data.subset_size={data.subset_size}: task {spec.name!r} reads no training stream to take "
+                "a subset of; unset it (a probe takes the first config.probe.train_examples training images)"
+            )
+        if data.subset_size < 1:
+            raise ConfigError(f"config.data.subset_size={data.subset_size} must be at least 1 (None: all records)")
+    if not 0 <= data.subset_seed < 2**32:
+        raise ConfigError(f"config.data.subset_seed={data.subset_seed} must lie in 0 .. 2**32 - 1")
 
 
 def _validate_finetuning(config: ConfigDict, spec: TaskSpec) -> None:

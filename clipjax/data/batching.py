@@ -12,6 +12,7 @@ import numpy as np
 from ml_collections import ConfigDict
 
 from clipjax.data.skips import SKIPPED
+from clipjax.data.subsets import training_subset
 from clipjax.errors import UserError
 
 # A run whose data yields nothing usable must stop with a reason instead of reading forever.
@@ -96,7 +97,7 @@ def host_batches(
         if not absl.flags.FLAGS.is_parsed():
             absl.flags.FLAGS.mark_as_parsed()
         windows = windows.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
-    return RepackedBatches(windows, per_host_batch)
+    return RepackedBatches(windows, per_host_batch, records_per_epoch=len(source))
 
 
 def stack_usable(elements: list[dict[str, Any]]) -> dict[str, Any]:
@@ -125,11 +126,14 @@ class RepackedBatches(grain.IterDataset):
     previous batch's last row); the counts are exact however the decoding was spread. The position saved is
     the window being read (the parent's state before it) and the rows of it already handed out. A run of
     MAX_SKIPPED_IN_A_ROW unusable records in a row stops the run, counted when its last window arrives.
+    `records_per_epoch` (the source's length, when known) is what the loop divides the records read by to log
+    data/epochs.
     """
 
-    def __init__(self, parent: grain.IterDataset, batch_size: int) -> None:
+    def __init__(self, parent: grain.IterDataset, batch_size: int, records_per_epoch: int | None = None) -> None:
         super().__init__(parent)
         self._batch_size = batch_size
+        self.records_per_epoch = records_per_epoch
 
     def __iter__(self) -> grain.DatasetIterator:
         return _RepackIterator(self._parent.__iter__(), self._batch_size)
@@ -216,9 +220,10 @@ def configured_batches(
     process_count: int,
     start_sample: int = 0,
 ) -> grain.IterDataset:
-    """`host_batches` with the seed, global batch size, threads and worker processes `config` sets."""
+    """`host_batches` with the seed, global batch size, threads and worker processes `config` sets, over the
+    subset of `source` that config.data.subset_size names (clipjax/data/subsets.py; all of it when None)."""
     return host_batches(
-        source,
+        training_subset(source, config.data),
         transform,
         seed=config.seed,
         batch_size=config.batch_size,

@@ -142,6 +142,10 @@ class SyntheticScenes:
       num_objects      int32  objects with at least one visible pixel
     """
 
+    # Scene i is drawn from a generator seeded by (seed, split, i) alone: any N scenes are a uniform random
+    # sample, and a data subset takes scenes 0..N-1 (clipjax/data/subsets.py), whatever num_examples is.
+    records_are_independent = True
+
     def __init__(
         self, num_examples: int, image_size: int = 64, max_objects: int = 4, split: str = "train", seed: int = 0
     ) -> None:

@@ -150,4 +150,5 @@ TASK = TaskSpec(
     data_kinds=CLASSIFICATION_KINDS,
     init="optional",
     batch_keys=("analyze.batch_size",),
+    trains=False,
 )

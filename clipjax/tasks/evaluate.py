@@ -77,4 +77,5 @@ TASK = TaskSpec(
     title="evaluation",
     init="required",
     metrics=ZEROSHOT_AND_RETRIEVAL_METRICS,
+    trains=False,
 )

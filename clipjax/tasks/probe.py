@@ -168,4 +168,5 @@ TASK = TaskSpec(
     batch_keys=("finetune.eval_batch_size",),
     metrics=("top1", "top5", "miou", "macc", "aacc", *DEPTH_METRICS),
     lower_is_better=("abs_rel", "sq_rel", "rmse", "rmse_log", "log10"),
+    trains=False,
 )

@@ -46,6 +46,8 @@ class TaskSpec:
       (config.model.batch_norm="train").
     batch_keys: config keys of global batch sizes it uses besides `batch_size` (e.g. an evaluation's), which
       must divide over the devices and hosts as `batch_size` does.
+    trains: it runs the train loop over a stream of training batches (config.batch_size, config.total_steps,
+      config.data.subset_size apply); False for a task that only reads data (evaluation, probes, analyses).
     """
 
     name: str
@@ -61,6 +63,7 @@ class TaskSpec:
     checkpoint_keys: tuple[str, ...] = ()
     trains_batch_norm: bool = False
     batch_keys: tuple[str, ...] = ()
+    trains: bool = True
 
     def __post_init__(self) -> None:
         if self.init not in INIT_RULES:

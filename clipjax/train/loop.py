@@ -187,7 +187,9 @@ def train(config: ConfigDict, workdir: str, mesh: Mesh, task: Task) -> Metrics:
         keep_every=config.keep_every,
     )
     resume_step = checkpointer.latest_step()
-    state, data_iterator, carried = _init_or_resume(config, task, checkpointer, resume_step, init_fn, target)
+    state, data_iterator, carried, epoch_records = _init_or_resume(
+        config, task, checkpointer, resume_step, init_fn, target
+    )
     if jax.process_index() == 0:
         save_config(config, workdir)
     writer = MetricWriter(workdir, resume_step=resume_step or 0)
@@ -233,7 +235,10 @@ def train(config: ConfigDict, workdir: str, mesh: Mesh, task: Task) -> Metrics:
                     if timed > 0:
                         row[task.throughput_key] = timed * task.examples_per_step / seconds
                         train_seconds, timed_steps = train_seconds + seconds, timed_steps + timed
-                    row.update(_skip_metrics(_skips_of_all_hosts(skipped)))
+                    all_skipped = _skips_of_all_hosts(skipped)
+                    row.update(_skip_metrics(all_skipped))
+                    if epoch_records:  # passes over the training records: the records read, usable or not
+                        row["data/epochs"] = (samples_seen + sum(all_skipped.values())) / epoch_records
                     writer.write(done, row)
                     progress.set_postfix({k.split("/")[-1]: f"{v:.4g}" for k, v in row.items() if "loss" in k})
                     window, untimed = [], 0
@@ -291,20 +296,23 @@ def _init_or_resume(
     step: int | None,
     init_fn: Callable,
     target: Any,
-) -> tuple[TrainState, grain.DatasetIterator, dict[str, Any]]:
-    """A fresh state and data stream, or both restored from checkpoint `step`; plus the carried loop state."""
+) -> tuple[TrainState, grain.DatasetIterator, dict[str, Any], int | None]:
+    """A fresh state and data stream, or both restored from checkpoint `step`; plus the carried loop state and
+    the records one epoch of the data holds (None when the dataset does not say)."""
     if step is None:
         state = init_fn(jax.random.PRNGKey(config.seed))
         if task.after_init is not None:
             state = task.after_init(state)
-        return state, iter(task.dataset(0)), {"samples_seen": 0, "window": []}
+        dataset = task.dataset(0)
+        return state, iter(dataset), {"samples_seen": 0, "window": []}, _records_per_epoch(dataset)
     carried = checkpointer.loop_state(step)
     check_compatible(carried["config"], config, checkpointer.directory, task.checkpoint_keys)
     check_shapes(checkpointer.saved_shapes(step), abstract_shapes(target), step, checkpointer.directory)
     same_layout = carried["batch_size"] == config.batch_size and carried["process_count"] == jax.process_count()
     same_format = carried.get("data_format", 1) == POSITION_FORMAT
     if same_layout and same_format:
-        data_iterator = iter(task.dataset(carried.get("data_start", 0)))
+        dataset = task.dataset(carried.get("data_start", 0))
+        data_iterator = iter(dataset)
         state = checkpointer.restore(step, target, data_iterator)
     else:
         # The iterator position counts batches of the old layout (or is of an older form); continue after the
@@ -314,7 +322,8 @@ def _init_or_resume(
         dropped = sum(carried.get("data_skipped", {}).values())
         records_read = carried["samples_seen"] + dropped
         carried["data_start"] = records_read
-        data_iterator = iter(task.dataset(records_read))
+        dataset = task.dataset(records_read)
+        data_iterator = iter(dataset)
         state = checkpointer.restore(step, target, None)
         if jax.process_index() == 0:
             why = (
@@ -328,7 +337,12 @@ def _init_or_resume(
                 f"({carried['samples_seen']} trained on, {dropped} skipped)",
                 flush=True,
             )
-    return state, data_iterator, carried
+    return state, data_iterator, carried, _records_per_epoch(dataset)
+
+
+def _records_per_epoch(dataset: Any) -> int | None:
+    """The training records one epoch holds, as the generic batcher's datasets carry it."""
+    return getattr(dataset, "records_per_epoch", None)
 
 
 def _evaluate(task: Task, state: TrainState, step: int) -> Metrics:

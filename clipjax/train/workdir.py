@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from typing import Any
 
 import jax
 from ml_collections import ConfigDict
@@ -37,6 +38,21 @@ def save_config(config: ConfigDict, workdir: str) -> None:
         os.replace(path, os.path.join(workdir, f"config.{n}.json"))
     with open(path + ".tmp", "w", encoding="utf-8") as f:
         f.write(text)
+    os.replace(path + ".tmp", path)
+
+
+SUMMARY_FILE = "summary.json"
+
+
+def save_summary(workdir: str, task: str, summary: dict[str, Any]) -> None:
+    """Writes `<workdir>/summary.json` atomically: {"task": str, "summary": the task's final metrics and
+    "steps", "wall_time_s" (floats / ints by name)}. It is written when a run finishes, and only then: a sweep
+    takes its presence to mean the run is done (clipjax/sweep/runs.py)."""
+    path = os.path.join(workdir, SUMMARY_FILE)
+    values = {key: value.item() if hasattr(value, "item") else value for key, value in summary.items()}
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        json.dump({"task": task, "summary": values}, f, indent=2, sort_keys=True)
+        f.write("\n")
     os.replace(path + ".tmp", path)
 
 
