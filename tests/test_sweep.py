@@ -1,0 +1,210 @@
+"""Scaling-law sweeps (python -m clipjax.sweep): run specs, the driver killed and resumed, failures, the
+emitted cluster scripts, and `fit` on real runs' summaries."""
+
+import csv
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from clipjax.config import ConfigError
+from clipjax.sweep import study
+from clipjax.sweep.emit import emit
+from clipjax.sweep.runs import clipjax_arguments
+from clipjax.sweep.spec import Fit, Run, Sweep, count, dependency_order, items, load_sweep
+from clipjax.sweep.study import collect_points, fit_points
+from tests.conftest import REPO_ROOT
+from tests.xla_flags import cpu_xla_flags
+
+SMOKE_SWEEP = "configs/scaling/data_scaling.py:scale=smoke"  # 2 sizes (64, 256) x 2 policies, zero-shot points
+
+
+def sweep_command(*args):
+    return subprocess.run([sys.executable, "-m", "clipjax.sweep", *args], cwd=REPO_ROOT, capture_output=True,
+                          text=True, timeout=600)  # fmt: skip
+
+
+def test_run_specs_are_checked_and_ordered_by_dependency():
+    a, b = Run("a", "x.py"), Run("b", "x.py", init_from="a")
+    c = Run("c", "x.py", after=("a", "b"))
+    assert [[run.name for run in wave] for wave in dependency_order((c, b, a))] == [["a"], ["b"], ["c"]]
+    for runs, message in (
+        ((a, Run("a", "y.py")), "'a' appears twice"),
+        ((Run("a/b", "x.py"),), "use letters"),
+        ((b,), "depends on 'a', which the sweep does not define"),
+        ((Run("p", "x.py", after=("q",)), Run("q", "x.py", after=("p",))), "p, q depend on each other in a cycle"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            Sweep(runs)
+    assert count("1.28M", "sizes") == 1_280_000 and count("12.8k", "sizes") == 12_800 and count("64", "s") == 64
+    with pytest.raises(ConfigError, match="not a whole positive count"):
+        count("1.2345k", "sizes")
+    assert items("real+synthetic", "captions") == ["real", "synthetic"]
+
+
+def test_the_data_scaling_sweep_pairs_each_task_with_its_pretraining():
+    sweep = load_sweep(
+        "configs/scaling/data_scaling.py:scale=paper,sizes=1.28M+12.8M,tasks=zeroshot+finetune_det,seeds=2"
+    )
+    runs = sweep.by_name()
+    assert len(runs) == 2 * 2 * 2 * 2  # policies x sizes x seeds x (pretraining + finetuning)
+    pretraining = runs["clip_synthetic_12800000_s1"]
+    assert pretraining.overrides["data.subset_size"] == 12_800_000 and pretraining.overrides["seed"] == 1
+    assert "vit_b16_datacompdr.py:steps=20000,captions=synthetic" in pretraining.config
+    assert runs["clip_real_1280000_s0"].config.startswith("configs/pretrain/vit_b16_datacomp.py:")
+    detection = runs["finetune_det_synthetic_12800000_s1"]
+    assert detection.init_from == "clip_synthetic_12800000_s1" and detection.metric == "eval/box_ap"
+    assert detection.axes == {"captions": "synthetic", "pairs": 12_800_000, "seed": 1, "task": "finetune_det"}
+    assert sweep.fit.efficiency == ("real", "synthetic")
+    with pytest.raises(ConfigError, match="argument tasks='probe_sag' is not one of"):
+        load_sweep("configs/scaling/data_scaling.py:tasks=probe_sag")
+
+
+def test_emitted_scripts_pass_bash_and_name_every_run_once(tmp_path):
+    spec = "configs/scaling/data_scaling.py:scale=paper,sizes=1.28M+12.8M,tasks=probe_seg+finetune_det"
+    sweep = load_sweep(spec)
+    workdir = str(tmp_path / "sweep dir")  # a space: every argument must stay quoted
+    for kind in ("shell", "slurm", "tpu"):
+        script = emit(kind, spec, sweep.runs, {"clip_real_1280000_s0"}, workdir)
+        path = tmp_path / f"{kind}.sh"
+        path.write_text(script)
+        assert subprocess.run(["bash", "-n", str(path)], capture_output=True).returncode == 0, kind
+        for run in sweep.runs:  # each run's command once (its workdir argument), but the one done already
+            named = script.count(shlex.quote(f"--workdir={os.path.join(workdir, run.name)}"))
+            assert named == (0 if run.name == "clip_real_1280000_s0" else 1), (kind, run.name)
+
+
+def test_a_slurm_array_task_runs_its_own_line_of_arguments(tmp_path):
+    """The emitted submission with a fake sbatch, then each array task of wave 1 through the real
+    launch/slurm_gpu.sbatch with a fake srun: every task gets exactly its run's arguments."""
+    spec = "configs/scaling/data_scaling.py:scale=paper,sizes=1.28M+12.8M,tasks=probe_seg"
+    sweep = load_sweep(spec)
+    workdir = str(tmp_path / "runs")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sbatch").write_text('#!/bin/bash\necho "$@" >> "$SBATCH_LOG"\necho 1$(wc -l < "$SBATCH_LOG")\n')
+    (bin_dir / "srun").write_text("#!/bin/bash\nprintf '%s\\n' \"$@\"\n")
+    for tool in ("sbatch", "srun"):
+        os.chmod(bin_dir / tool, 0o755)
+    env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", SBATCH_LOG=str(tmp_path / "sbatch.log"))
+    script = tmp_path / "submit.sh"
+    script.write_text(emit("slurm", spec, sweep.runs, set(), workdir))
+    submitted = subprocess.run(["bash", str(script)], cwd=REPO_ROOT, env=env, capture_output=True, text=True)
+    assert submitted.returncode == 0, submitted.stderr
+    calls = (tmp_path / "sbatch.log").read_text().splitlines()
+    assert len(calls) == 2 and "--array=0-3" in calls[0] and "--dependency=afterok:11" in calls[1]
+    wave = dependency_order(sweep.runs)[1]
+    for task, run in enumerate(wave):
+        task_env = dict(env, CLIPJAX_ARGS_FILE=f"{workdir}/slurm/wave1.args", SLURM_ARRAY_TASK_ID=str(task))
+        ran = subprocess.run(["bash", "launch/slurm_gpu.sbatch"], cwd=REPO_ROOT, env=task_env, capture_output=True,
+                             text=True)  # fmt: skip
+        arguments = ran.stdout.splitlines()
+        assert arguments[arguments.index("clipjax.main") + 1 :] == clipjax_arguments(run, workdir)
+
+
+def test_a_failed_run_is_reported_and_the_runs_not_depending_on_it_go_on(tmp_path):
+    sweep_file = tmp_path / "broken.py"
+    sweep_file.write_text(
+        "from clipjax.sweep.spec import Run, Sweep\n"
+        "def get_sweep(arg):\n"
+        "    return Sweep((Run('first', 'no/such/config.py'), Run('child', 'configs/demo.py', init_from='first'),\n"
+        "                  Run('second', 'no/such/other.py')))\n"
+    )
+    workdir = tmp_path / "sweep"
+    result = sweep_command(f"--sweep={sweep_file}", f"--workdir={workdir}")
+    assert result.returncode == 1
+    assert "[1/3] first: failed (exit 2): error: --config: no such file 'no/such/config.py'" in result.stdout
+    assert "second: failed (exit 2)" in result.stdout  # tried after the first failed
+    assert "child: blocked: first not done" in result.stdout
+    assert not (workdir / "child").exists()
+    listed = sweep_command(f"--sweep={sweep_file}", f"--workdir={workdir}", "--list")
+    assert "first   failed   exit 2: error: --config: no such file" in listed.stdout
+    assert "child   pending" in listed.stdout
+
+
+def test_a_killed_sweep_resumes_without_rerunning_finished_runs_and_fits(tmp_path):
+    """The smoke data-scaling sweep, stopped by SIGTERM during its second run, run again to the end, then fitted
+    (one test: its runs are the suite's costliest part, and xdist would repeat a shared fixture per worker)."""
+    workdir = tmp_path / "scaling"
+    command = [sys.executable, "-m", "clipjax.sweep", f"--sweep={SMOKE_SWEEP}", f"--workdir={workdir}"]
+    env = dict(os.environ, XLA_FLAGS=cpu_xla_flags(1))  # one device: the cheapest on 2 cores
+    first = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    finished, second = workdir / "clip_real_64_s0" / "summary.json", workdir / "clip_real_256_s0"
+    deadline = time.time() + 300
+    while not (second / "config.json").exists() and first.poll() is None and time.time() < deadline:
+        time.sleep(0.1)  # the second run has begun (the first is done)
+    first.send_signal(signal.SIGTERM)
+    stopped_output = "".join(first.communicate(timeout=300))
+    assert first.returncode == 75, stopped_output
+    assert "stopped: SIGTERM during run clip_real_256_s0" in stopped_output
+    finished_at = finished.stat().st_mtime_ns
+    resumed = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    lines = resumed.stdout.splitlines()
+    assert lines[0] == "[1/4] clip_real_64_s0: done"  # skipped: not run again
+    assert "[2/4] clip_real_256_s0: running (resuming)" in lines[1]
+    assert finished.stat().st_mtime_ns == finished_at
+    assert (workdir / "clip_real_64_s0" / "sweep.log").read_text().count("\n# ") == 1  # one attempt
+    for name in ("clip_real_256_s0", "clip_synthetic_64_s0", "clip_synthetic_256_s0"):
+        assert json.loads((workdir / name / "summary.json").read_text())["summary"]["steps"] == 4
+    # data/epochs: 4 steps of 32 pairs over a subset of 64 and of 256 pairs.
+    for name, epochs in (("clip_real_64_s0", 2.0), ("clip_synthetic_256_s0", 0.5)):
+        rows = [json.loads(line) for line in (workdir / name / "metrics.jsonl").read_text().splitlines()]
+        assert [row["data/epochs"] for row in rows if "data/epochs" in row][-1] == epochs
+
+    result = sweep_command("fit", f"--workdir={workdir}", "--bootstrap=20")
+    assert result.returncode == 0, result.stderr
+    assert "fitted: E = 1 - eval/zeroshot_top1" in result.stdout
+    with open(workdir / "points.csv", newline="") as f:
+        points = list(csv.DictReader(f))
+    assert len(points) == 4
+    for point in points:  # each value is the run's own summary, and the error fitted is 1 - it
+        summary = json.loads((workdir / point["run"] / "summary.json").read_text())["summary"]
+        assert float(point["value"]) == summary["eval/zeroshot_top1"]
+        assert float(point["fitted"]) == pytest.approx(1 - summary["eval/zeroshot_top1"])
+    fitted = json.loads((workdir / "fits.json").read_text())["panels"][0]
+    for curve in ("real", "synthetic"):
+        mine = {int(p["pairs"]): float(p["fitted"]) for p in points if p["captions"] == curve}
+        # Two sizes: the power law passes through both points (numpy: the slope in log-log).
+        alpha = -np.log(mine[256] / mine[64]) / np.log(4)
+        assert fitted["curves"][curve]["power"]["alpha"] == pytest.approx(alpha, abs=1e-9)
+        assert "3 or more data sizes" in fitted["curves"][curve]["saturating"]["skipped"]
+    assert (workdir / "scaling.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_fit_inverts_known_laws_into_their_data_efficiency(monkeypatch):
+    """Points of E = 2 D^-0.3 (curve a) and of a curve b needing 10x less data, three seeds each: the ratio
+    at every error b measured is 10; mIoU is fitted as 1 - mIoU and rmse as it is (the probe task declares
+    which is better)."""
+    rng = np.random.default_rng(0)
+    runs, summaries = [], {}
+    for curve, scale in (("a", 1.0), ("b", 10.0)):
+        for size in (1e3, 1e4, 1e5):
+            for seed in range(3):
+                error = 2 * (size * scale) ** -0.3 * np.exp(rng.normal(0, 0.01))
+                name = f"{curve}_{int(size)}_{seed}"
+                runs.append(
+                    Run(name, "x.py", axes={"captions": curve, "pairs": size, "seed": seed}, metric="eval/miou")
+                )
+                summaries[name] = 1 - error
+    fit = Fit(size="pairs", curve="captions", efficiency=("a", "b"))
+    monkeypatch.setattr(
+        study, "read_summary", lambda _, name: {"task": "probe", "summary": {"eval/miou": summaries[name]}}
+    )
+    points = collect_points(tuple(runs), fit, "unused")
+    assert {point["error"] for point in points} == {"1 - metric"}
+    (panel,) = fit_points(points, fit, bootstrap=50)
+    assert panel["curves"]["a"]["power"]["alpha"] == pytest.approx(0.3, abs=0.02)
+    for row in panel["efficiency"]:
+        assert row["fit_power"] == pytest.approx(10, rel=0.1)
+    # The largest error b measured lies inside a's range: the fit-free ratio exists there too.
+    assert panel["efficiency"][0]["interpolated"] == pytest.approx(10, rel=0.15)
+    assert study.error_form(Fit(), "probe", "eval/rmse") == "metric"
+    with pytest.raises(ConfigError, match="does not declare 'train/loss'"):
+        study.error_form(Fit(), "pretrain", "train/loss")
