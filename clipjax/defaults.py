@@ -165,7 +165,7 @@ def base_config() -> ConfigDict:
     c.data.index_cache = None  # where tar indexes go when the shards' directory is read-only (~/.cache/clipjax)
     # Which caption each image is paired with. On the synthetic dataset "real" is the noisy alt-text-like
     # caption and "synthetic" the quality caption, mirroring DataComp vs DataCompDR.
-    c.data.captions = "synthetic"  # real | synthetic | mixed | both
+    c.data.captions = "synthetic"  # real | synthetic | mixed | both | bag (the built-in scenes' bag of words)
     c.data.synthetic_prob = 0.5  # with captions="mixed": chance the synthetic caption replaces the real one
     c.data.normalize = "clip"  # "clip": OpenAI mean/std; "imagenet": torchvision's (MAE); "none": [0, 1] (MobileCLIP)
     c.data.crop_scale = (0.9, 1.0)  # RandomResizedCrop's range of the crop's share of the image area (open_clip)
@@ -181,7 +181,23 @@ def base_config() -> ConfigDict:
     # 0: the loop places each batch itself.
     c.data.prefetch_to_device = 2
     c.data.num_threads = 2  # grain reader threads per process
-    c.data.synthetic = ConfigDict({"num_examples": 100_000, "max_objects": 4})
+    # The built-in scenes (clipjax/data/synthetic.py: SyntheticScenes documents each option). The defaults give
+    # the scenes every published demo figure was measured on. perspective: objects on a ground plane, so the
+    # image shows their depth; haze: colours fade with distance (0..1); caption_detail: "relations" or "full"
+    # (every object's place and the counts); the noisy caption's knobs: noise_keep (how likely it names the
+    # main object, each other one), noise_wrong_shape, noise_other_scene (another scene's objects).
+    c.data.synthetic = ConfigDict(
+        {
+            "num_examples": 100_000,
+            "max_objects": 4,
+            "perspective": False,
+            "haze": 0.0,
+            "caption_detail": "relations",
+            "noise_keep": (0.6, 0.4),
+            "noise_wrong_shape": 0.0,
+            "noise_other_scene": 0.0,
+        }
+    )
     # Data-scaling studies: train on a fixed subset of N training records (None: all), the first N of a fixed
     # order (the built-in scenes': their own; any other source's: seeded by subset_seed), so smaller subsets lie
     # inside larger ones; repeated for as many epochs as the steps need (clipjax/data/subsets.py).

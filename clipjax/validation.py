@@ -12,6 +12,7 @@ import math
 from ml_collections import ConfigDict
 
 from clipjax.config import choice
+from clipjax.data.scene_captions import CAPTION_DETAILS
 from clipjax.data.transforms import NORMALIZATIONS
 from clipjax.errors import ConfigError
 from clipjax.evals.setup import CLASSNAME_SOURCES, ZEROSHOT_KINDS
@@ -177,6 +178,16 @@ def _validate_data(config: ConfigDict) -> None:
             f"config.data.path is required with config.data.kind={data.kind!r}; "
             "pass e.g. --config.data.path=/data/shards/{00000..00099}.tar"
         )
+    scenes = data.synthetic
+    choice("config.data.synthetic.caption_detail", scenes.caption_detail, CAPTION_DETAILS)
+    probabilities = {"haze": scenes.haze, "noise_wrong_shape": scenes.noise_wrong_shape,
+                     "noise_other_scene": scenes.noise_other_scene}  # fmt: skip
+    probabilities.update({f"noise_keep[{i}]": p for i, p in enumerate(scenes.noise_keep)})
+    for key, value in probabilities.items():
+        if not 0.0 <= value <= 1.0:
+            raise ConfigError(f"config.data.synthetic.{key}={value} must lie in [0, 1]")
+    if len(scenes.noise_keep) != 2:
+        raise ConfigError(f"config.data.synthetic.noise_keep={tuple(scenes.noise_keep)} must be (main, other)")
     if data.subset_size is not None:
         spec = get_task(config.task)
         if not spec.trains:

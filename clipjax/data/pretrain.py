@@ -13,13 +13,13 @@ from ml_collections import ConfigDict
 from clipjax.data.batching import configured_batches
 from clipjax.data.datacomp import webdataset_example
 from clipjax.data.layouts import advice
-from clipjax.data.synthetic import SyntheticScenes
+from clipjax.data.synthetic import SyntheticScenes, configured_scenes
 from clipjax.data.webdataset import WebDatasetSource, expand_shards
 from clipjax.distributed import same_on_every_host
 from clipjax.errors import ConfigError, UserError
 from clipjax.tokenizer import tokenize
 
-CAPTION_POLICIES = ("real", "synthetic", "mixed", "both")
+CAPTION_POLICIES = ("real", "synthetic", "mixed", "both", "bag")  # bag: the built-in scenes' bag-of-words caption
 PRETRAIN_KINDS = ("synthetic", "webdataset")  # tfds and folder hold labelled images, not captions
 
 
@@ -41,13 +41,7 @@ def pretrain_source(config: ConfigDict) -> SyntheticScenes | WebDatasetSource:
     """
     data = config.data
     if data.kind == "synthetic":
-        return SyntheticScenes(
-            data.synthetic.num_examples,
-            image_size=config.model.image_size,
-            max_objects=data.synthetic.max_objects,
-            split="train",
-            seed=config.seed,
-        )
+        return configured_scenes(config, data.synthetic.num_examples, "train")
     if data.kind != "webdataset":
         raise ConfigError(captionless_kind(data.kind))
     shards = expand_shards(data.path)
@@ -102,6 +96,8 @@ def to_pretrain_example(
     real, synthetic = record["caption_noisy"], record["caption_quality"]
     if captions == "real":
         texts = {"text": real}
+    elif captions == "bag":
+        texts = {"text": record["caption_bag"]}
     elif captions == "synthetic":
         texts = {"text": synthetic}
     elif captions == "mixed":

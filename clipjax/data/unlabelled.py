@@ -31,13 +31,7 @@ def image_source(config: ConfigDict, split: str) -> Any:
       ConfigError: data that cannot be found or read.
     """
     if config.data.kind == "synthetic" and split == "eval":
-        return synthetic.SyntheticScenes(
-            SYNTHETIC_EVAL_EXAMPLES,
-            image_size=config.model.image_size,
-            max_objects=config.data.synthetic.max_objects,
-            split="validation",
-            seed=config.seed,
-        )
+        return synthetic.configured_scenes(config, SYNTHETIC_EVAL_EXAMPLES, "validation")
     if config.data.kind in ("synthetic", "webdataset"):
         return pretrain_source(config)
     return classification_source(config, split)

@@ -93,13 +93,7 @@ def _zeroshot_data(config: ConfigDict):
     """(source, load, classnames, templates, num_examples) for config.eval.zeroshot."""
     zeroshot = config.eval.zeroshot
     if zeroshot.kind == "synthetic":
-        scenes = synthetic.SyntheticScenes(
-            zeroshot.num_examples or SYNTHETIC_ZEROSHOT_EXAMPLES,
-            image_size=config.model.image_size,
-            max_objects=config.data.synthetic.max_objects,
-            split="validation",
-            seed=config.seed,
-        )
+        scenes = synthetic.configured_scenes(config, zeroshot.num_examples or SYNTHETIC_ZEROSHOT_EXAMPLES, "validation")
         load = lambda record: {"image": record["image"], "label": np.asarray(record["label"], np.int32)}
         return scenes, load, synthetic.CATEGORIES, synthetic.ZEROSHOT_TEMPLATES, None
     with naming_the_layout(zeroshot.path, zeroshot.kind, "config.eval.zeroshot.kind", accepted=ZEROSHOT_KINDS):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -160,10 +161,12 @@ def execute(run: Run, workdir: str, stops: StopRequests) -> tuple[int, str]:
 
 
 def last_words(log_path: str) -> str:
-    """The last "error: ..." / "stopped: ..." line of the log's last attempt, else its last line."""
+    """The last "error: ..." / "stopped: ..." line of the log's last attempt, else its traceback's last
+    exception line ("ValueError: ..."), else its last line."""
     with open(log_path, encoding="utf-8", errors="replace") as f:
         lines = [line.rstrip() for line in f.read().rsplit("\n# ", 1)[-1].splitlines() if line.strip()]
-    for line in reversed(lines):
-        if line.startswith(("error:", "stopped:")):
-            return line
+    for pattern in (r"(error|stopped): ", r"[A-Za-z_.]*(Error|Exception|Interrupt)\b"):
+        found = [line for line in lines if re.match(pattern, line)]
+        if found:
+            return found[-1]
     return lines[-1] if lines else ""

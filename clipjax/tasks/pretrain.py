@@ -152,6 +152,11 @@ def validate(config: ConfigDict) -> None:
         )
     if not 0.0 <= data.synthetic_prob <= 1.0:
         raise ConfigError(f"config.data.synthetic_prob={data.synthetic_prob} must lie in [0, 1]")
+    if data.kind == "webdataset" and data.captions == "bag":
+        raise ConfigError(
+            "config.data.captions='bag' is the built-in scenes' bag-of-words caption; webdataset shards have "
+            "'real', 'synthetic', 'mixed' or 'both'"
+        )
     if data.kind == "webdataset" and data.captions != "real" and not data.synthetic_path:
         raise ConfigError(
             f"config.data.captions={data.captions!r} needs synthetic captions: pass the DataCompDR shards, e.g. "
