@@ -14,6 +14,7 @@ import pytest
 import skimage.data
 from ml_collections import ConfigDict
 
+from clipjax.config import merge_onto_defaults
 from clipjax.data.depth import (
     NyuDepthSource,
     decode_depth_png,
@@ -252,24 +253,27 @@ def test_synthetic_scenes_go_through_the_same_transform():
 
 
 def config_for(kind: str, path: str = "") -> ConfigDict:
-    return ConfigDict(
-        {
-            "seed": 0,
-            "batch_size": 4,
-            "model": {"image_size": 32},
-            "data": {
-                "kind": kind,
-                "path": path,
-                "train_split": "nyu_train.txt",
-                "eval_split": "nyu_train.txt",
-                "flip": True,
-                "num_threads": 1,
-                "num_workers": 0,
-                "synthetic": {"num_examples": 10, "max_objects": 2},
-            },
-            "finetune": {"eval_examples": None},
-            "depth": {"photometric": True},
-        }
+    # Onto the defaults: the keys a test does not set (e.g. the scenes' options) take their default values.
+    return merge_onto_defaults(
+        ConfigDict(
+            {
+                "seed": 0,
+                "batch_size": 4,
+                "model": {"image_size": 32},
+                "data": {
+                    "kind": kind,
+                    "path": path,
+                    "train_split": "nyu_train.txt",
+                    "eval_split": "nyu_train.txt",
+                    "flip": True,
+                    "num_threads": 1,
+                    "num_workers": 0,
+                    "synthetic": {"num_examples": 10, "max_objects": 2},
+                },
+                "finetune": {"eval_examples": None},
+                "depth": {"photometric": True},
+            }
+        )
     )
 
 

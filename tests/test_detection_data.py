@@ -20,6 +20,7 @@ from PIL import Image
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from clipjax.config import merge_onto_defaults
 from clipjax.data.coco import CocoSource, instance_masks
 from clipjax.data.detection import (
     SyntheticDetection,
@@ -500,25 +501,28 @@ def test_undecodable_images_are_skipped_in_training_and_raise_in_evaluation(coco
 
 
 def config_for(kind: str, path: str = "") -> ConfigDict:
-    return ConfigDict(
-        {
-            "seed": 0,
-            "batch_size": 4,
-            "model": {"image_size": 48},
-            "data": {
-                "kind": kind,
-                "path": path,
-                "train_split": "train",
-                "eval_split": "validation",
-                "flip": True,
-                "normalize": "clip",
-                "num_threads": 1,
-                "num_workers": 0,
-                "synthetic": {"num_examples": 10, "max_objects": 3},
-            },
-            "finetune": {"eval_examples": None},
-            "detection": {"max_instances": 3, "mask_size": 8, "scale_range": (0.5, 1.5)},
-        }
+    # Onto the defaults: the keys a test does not set (e.g. the scenes' options) take their default values.
+    return merge_onto_defaults(
+        ConfigDict(
+            {
+                "seed": 0,
+                "batch_size": 4,
+                "model": {"image_size": 48},
+                "data": {
+                    "kind": kind,
+                    "path": path,
+                    "train_split": "train",
+                    "eval_split": "validation",
+                    "flip": True,
+                    "normalize": "clip",
+                    "num_threads": 1,
+                    "num_workers": 0,
+                    "synthetic": {"num_examples": 10, "max_objects": 3},
+                },
+                "finetune": {"eval_examples": None},
+                "detection": {"max_instances": 3, "mask_size": 8, "scale_range": (0.5, 1.5)},
+            }
+        )
     )
 
 

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from ml_collections import ConfigDict
 
+from clipjax.config import merge_onto_defaults
 from clipjax.data.images import BadImage, decode_image
 from clipjax.data.segmentation import (
     ADE20K_CLASSES,
@@ -348,25 +349,33 @@ def test_synthetic_scenes_keep_their_labels():
 
 
 def config_for(kind: str, path: str = "", train_split: str = "train") -> ConfigDict:
-    return ConfigDict(
-        {
-            "seed": 0,
-            "batch_size": 4,
-            "model": {"image_size": 32},
-            "data": {
-                "kind": kind,
-                "path": path,
-                "train_split": train_split,
-                "eval_split": "validation",
-                "flip": True,
-                "normalize": "clip",
-                "num_threads": 1,
-                "num_workers": 0,
-                "synthetic": {"num_examples": 10, "max_objects": 2},
-            },
-            "finetune": {"eval_examples": None},
-            "segmentation": {"scale": (256, 64), "ratio_range": (0.5, 2.0), "cat_max_ratio": 0.75, "photometric": True},
-        }
+    # Onto the defaults: the keys a test does not set (e.g. the scenes' options) take their default values.
+    return merge_onto_defaults(
+        ConfigDict(
+            {
+                "seed": 0,
+                "batch_size": 4,
+                "model": {"image_size": 32},
+                "data": {
+                    "kind": kind,
+                    "path": path,
+                    "train_split": train_split,
+                    "eval_split": "validation",
+                    "flip": True,
+                    "normalize": "clip",
+                    "num_threads": 1,
+                    "num_workers": 0,
+                    "synthetic": {"num_examples": 10, "max_objects": 2},
+                },
+                "finetune": {"eval_examples": None},
+                "segmentation": {
+                    "scale": (256, 64),
+                    "ratio_range": (0.5, 2.0),
+                    "cat_max_ratio": 0.75,
+                    "photometric": True,
+                },
+            }
+        )
     )
 
 
