@@ -127,7 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"stopped: {e}", file=sys.stderr, flush=True)
         return e.exit_status
     if jax.process_index() == 0:
-        save_summary(workdir, config.task, summary)
+        save_summary(workdir, config.task, summary, list(argv))
         print(format_summary(config.task, workdir, summary), flush=True)
     return 0
 

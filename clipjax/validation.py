@@ -195,9 +195,12 @@ def _validate_data(config: ConfigDict) -> None:
                 f"config.data.subset_size={data.subset_size}: task {spec.name!r} reads no training stream to take "
                 "a subset of; unset it (a probe takes the first config.probe.train_examples training images)"
             )
-        if data.subset_size < 1:
-            raise ConfigError(f"config.data.subset_size={data.subset_size} must be at least 1 (None: all records)")
-    if not 0 <= data.subset_seed < 2**32:
+        if isinstance(data.subset_size, bool) or not isinstance(data.subset_size, int) or data.subset_size < 1:
+            raise ConfigError(
+                f"config.data.subset_size={data.subset_size!r} must be a whole number of records, at least 1 "
+                "(None: all of them)"
+            )
+    if isinstance(data.subset_seed, bool) or not isinstance(data.subset_seed, int) or not 0 <= data.subset_seed < 2**32:
         raise ConfigError(f"config.data.subset_seed={data.subset_seed} must lie in 0 .. 2**32 - 1")
 
 

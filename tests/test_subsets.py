@@ -91,9 +91,12 @@ def test_bad_subsets_are_one_line_errors():
     config.data.subset_size = 101
     with pytest.raises(ConfigError, match=r"subset_size=101 must lie in 1\.\.100"):
         training_subset(NumberedRecords(100), config.data)
-    config.data.subset_size = 0
-    with pytest.raises(ConfigError, match="subset_size=0 must be at least 1"):
-        validate(config, num_devices=1, process_count=1)
+    for bad in (0, "1.28M", 1e3, True):
+        config = base_config()  # a fresh one each time: a ConfigDict keeps the first type a key was given
+        config.data.subset_size = bad
+        with pytest.raises(ConfigError, match="must be a whole number of records, at least 1"):
+            validate(config, num_devices=1, process_count=1)
+    config = base_config()
     config.data.subset_size, config.data.subset_seed = 10, 2**32
     with pytest.raises(ConfigError, match="subset_seed=4294967296 must lie in"):
         validate(config, num_devices=1, process_count=1)

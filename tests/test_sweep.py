@@ -2,6 +2,7 @@
 emitted cluster scripts, and `fit` on real runs' summaries."""
 
 import csv
+import fcntl
 import json
 import os
 import shlex
@@ -16,7 +17,7 @@ import pytest
 from clipjax.config import ConfigError
 from clipjax.sweep import study
 from clipjax.sweep.emit import emit
-from clipjax.sweep.runs import clipjax_arguments
+from clipjax.sweep.runs import Busy, StopRequests, clipjax_arguments, execute, run_state
 from clipjax.sweep.spec import Fit, Run, Sweep, count, dependency_order, items, load_sweep
 from clipjax.sweep.study import collect_points, fit_points
 from tests.conftest import REPO_ROOT
@@ -208,3 +209,49 @@ def test_fit_inverts_known_laws_into_their_data_efficiency(monkeypatch):
     assert study.error_form(Fit(), "probe", "eval/rmse") == "metric"
     with pytest.raises(ConfigError, match="does not declare 'train/loss'"):
         study.error_form(Fit(), "pretrain", "train/loss")
+
+
+def test_a_done_run_with_other_arguments_runs_again_and_a_locked_run_is_busy(tmp_path):
+    run = Run("r", "configs/demo.py", {"total_steps": 5})
+    directory = tmp_path / "r"
+    directory.mkdir()
+    summary = {"task": "pretrain", "arguments": clipjax_arguments(run, str(tmp_path)), "summary": {"steps": 5}}
+    (directory / "summary.json").write_text(json.dumps(summary))
+    assert run_state(run, str(tmp_path)).state == "done"
+    assert run_state(Run("r", "configs/demo.py", {"total_steps": 9}), str(tmp_path)).state == "changed"
+    with open(directory / "sweep.lock", "w") as lock:  # another sweep process is running it
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with StopRequests() as stops, pytest.raises(Busy, match="another sweep is running r"):
+            execute(run, str(tmp_path), stops)
+
+
+def test_the_shell_queue_stops_with_a_stopped_run(tmp_path):
+    """A run that exits 75 (saved after SIGTERM / Ctrl-C) stops the emitted shell queue; nothing after it runs."""
+    sweep = Sweep((Run("a", "x.py"), Run("b", "x.py")))
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "python").write_text(f'#!/bin/bash\necho "$@" >> {tmp_path}/ran\nexit 75\n')
+    os.chmod(bin_dir / "python", 0o755)
+    script = tmp_path / "queue.sh"
+    script.write_text(emit("shell", "s.py", sweep.runs, set(), str(tmp_path / "runs")))
+    env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}")
+    result = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True)
+    assert result.returncode == 75 and "a: stopped" in result.stdout
+    assert len((tmp_path / "ran").read_text().splitlines()) == 1  # b never started
+    with pytest.raises(ConfigError, match="holds a line break"):
+        emit("shell", "s.py", (Run("c", "x.py", {"data.path": "a\nb"}),), set(), str(tmp_path))
+
+
+def test_fit_leaves_out_points_it_cannot_fit_and_names_them(monkeypatch):
+    values = {"a_1": 0.5, "a_2": 0.6, "a_3": float("nan"), "a_4": 1.0}  # a diverged run; a perfect score
+    runs = tuple(Run(name, "x.py", axes={"captions": "a", "pairs": 10 ** int(name[-1]), "seed": 0}, metric="eval/miou")
+                 for name in values)  # fmt: skip
+    monkeypatch.setattr(
+        study, "read_summary", lambda _, name: {"task": "probe", "summary": {"eval/miou": values[name]}}
+    )
+    fit = Fit(size="pairs", curve="captions", efficiency=("a", "a"))
+    (panel,) = fit_points(collect_points(runs, fit, "unused"), fit, bootstrap=10)
+    curve = panel["curves"]["a"]
+    assert [p["run"] for p in curve["left_out"]] == ["a_3", "a_4"] and len(curve["points"]) == 2
+    assert np.isnan(curve["power"]["bootstrap"]["alpha"][0])  # one seed per size: no spread to draw from
+    assert "left out of the fits: a_3" in study.format_table([panel], fit)

@@ -67,10 +67,22 @@ def save_sweep(workdir: str, spec: str, sweep: Any) -> None:
         "fit": dataclasses.asdict(sweep.fit) if sweep.fit else None,
     }
     path = os.path.join(workdir, SWEEP_FILE)
+    try:
+        text = json.dumps(document, indent=2, default=_plain) + "\n"
+    except TypeError as e:
+        raise ConfigError(
+            f"sweep {spec}: its runs' overrides and axes must be numbers, text, lists or dicts ({e})"
+        ) from None
     with open(path + ".tmp", "w", encoding="utf-8") as f:
-        json.dump(document, f, indent=2)
-        f.write("\n")
+        f.write(text)
     os.replace(path + ".tmp", path)
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars (a sweep file's np.int64 sizes) as the Python numbers they hold."""
+    if hasattr(value, "item"):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not JSON")
 
 
 def load_saved_sweep(workdir: str) -> tuple[str, Any]:
@@ -106,7 +118,7 @@ def run_sweep(sweep: Any, workdir: str) -> int:
 
 
 def _run_in_order(sweep: Any, workdir: str, stops: Any) -> int:
-    from clipjax.sweep.runs import LOG_FILE, execute, run_directory, run_state
+    from clipjax.sweep.runs import LOG_FILE, Busy, execute, run_directory, run_state
     from clipjax.sweep.spec import dependency_order
 
     order = [run for wave in dependency_order(sweep.runs) for run in wave]
@@ -123,10 +135,17 @@ def _run_in_order(sweep: Any, workdir: str, stops: Any) -> int:
             print(f"{prefix} {not_done[run.name]}", flush=True)
             continue
         state = run_state(run, workdir)
-        again = {"failed": " again", "started": " (resuming)"}.get(state.state, "")
+        again = {"failed": " again", "started": " (resuming)", "changed": " again (its settings changed)"}.get(
+            state.state, ""
+        )
         print(f"{prefix} running{again}; log: {os.path.join(run_directory(workdir, run.name), LOG_FILE)}", flush=True)
         start = time.perf_counter()
-        status, message = execute(run, workdir, stops)
+        try:
+            status, message = execute(run, workdir, stops)
+        except Busy as e:
+            not_done[run.name] = f"busy: {e}"
+            print(f"{prefix} {not_done[run.name]}", flush=True)
+            continue
         seconds = time.perf_counter() - start
         if status == 0:
             done.add(run.name)

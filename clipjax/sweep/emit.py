@@ -12,7 +12,10 @@ local sweep's.
   launch/slurm_gpu.sbatch (its resources, requeue on preemption) and after the previous wave has succeeded
   (afterok: a failed run holds the waves after it; fix it and submit the script again).
 - tpu: the runs one after another on one TPU VM slice through launch/tpu_vm.sh, kept between runs and deleted
-  at the end.
+  at the end. The sweep's workdir must be a writable share mounted at the same path here and on every worker
+  (e.g. Filestore over NFS): the runs write their workdirs and checkpoints there, their dependents read them
+  from there, and `--list` / `fit` read them here. (launch/tpu_vm.sh mounts buckets read-only and copies back
+  only worker 0's workdir when it deletes a slice it made: not enough for a sweep.)
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ from __future__ import annotations
 import os
 import shlex
 
-from clipjax.sweep.runs import LOG_FILE, clipjax_arguments
+from clipjax.errors import ConfigError
+from clipjax.sweep.runs import LOG_FILE, STOPPED, clipjax_arguments
 from clipjax.sweep.spec import Run, dependency_order
 from clipjax.train.workdir import SUMMARY_FILE
 
@@ -31,6 +35,9 @@ def emit(kind: str, spec: str, runs: tuple[Run, ...], done: set[str], workdir: s
     """The script (text) of `kind` for the runs of sweep `spec` not in `done`, writing under `workdir`."""
     waves = [[run for run in wave if run.name not in done] for wave in dependency_order(runs)]
     waves = [wave for wave in waves if wave]
+    for run in (run for wave in waves for run in wave):
+        if any("\n" in argument for argument in clipjax_arguments(run, workdir)):
+            raise ConfigError(f"sweep run {run.name!r}: an override holds a line break, which a script line cannot")
     header = [
         "#!/usr/bin/env bash",
         f"# clipjax sweep {spec}: {sum(map(len, waves))} runs ({len(done)} done already are left out), written by",
@@ -62,10 +69,16 @@ def _queue(waves: list[list[Run]], workdir: str, launcher: str) -> list[str]:
         "  done",
         '  echo "$name: running"',
         '  mkdir -p "$SWEEP/$name"',
-        f'  if {launcher} "$@" >> "$SWEEP/$name/{LOG_FILE}" 2>&1; then echo "$name: done"; else',
-        f'    echo "$name: failed (exit $?; log: $SWEEP/$name/{LOG_FILE})"; failed+=("$name")',
+        f'  {launcher} "$@" >> "$SWEEP/$name/{LOG_FILE}" 2>&1',
+        "  local status=$?",
+        f"  if [[ $status -eq {STOPPED} ]]; then  # stopped after saving a checkpoint: so is the queue",
+        f'    echo "$name: stopped; run this script again to continue"; exit {STOPPED}',
+        '  elif [[ $status -eq 0 ]]; then echo "$name: done"; else',
+        f'    echo "$name: failed (exit $status; log: $SWEEP/$name/{LOG_FILE})"; failed+=("$name")',
         "  fi",
         "}",
+        # Ctrl-C reaches the run too, which saves and exits 75; the queue then stops with it.
+        f"trap 'echo \"stopped; run this script again to continue\"; exit {STOPPED}' INT TERM",
         "",
     ]
     for run in (run for wave in waves for run in wave):
@@ -93,7 +106,8 @@ def _shell(waves: list[list[Run]], workdir: str) -> list[str]:
 def _tpu(waves: list[list[Run]], workdir: str) -> list[str]:
     return [
         "# Set TPU_NAME, TPU_ZONE and TPU_TYPE (e.g. clipjax-sweep us-central2-b v4-64), and GCSFUSE and the",
-        "# other variables launch/tpu_vm.sh reads; KEEP_SLICE=1 keeps the slice after the last run.",
+        "# other variables launch/tpu_vm.sh reads; KEEP_SLICE=1 keeps the slice after the last run. The workdir",
+        "# below must be a writable share mounted at this same path here and on every worker (e.g. Filestore).",
         "set -uo pipefail",
         ': "${TPU_NAME:?set TPU_NAME}" "${TPU_ZONE:?set TPU_ZONE}" "${TPU_TYPE:?set TPU_TYPE}"',
         'tpu_run() { KEEP=1 launch/tpu_vm.sh "$TPU_NAME" "$TPU_ZONE" "$TPU_TYPE" -- "$@"; }',

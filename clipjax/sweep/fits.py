@@ -119,10 +119,13 @@ def bootstrap_intervals(
 ) -> dict[str, tuple[float, float]]:
     """Percentile intervals of the law's parameters ({"a", "alpha", "e_inf"} -> (low, high)) over `samples`
     refits, each on every size's points (its seeds) drawn again with replacement. Refits that fail are left
-    out; an interval over none of them is (nan, nan)."""
+    out; an interval over none of them is (nan, nan), and so is every interval when no size has two or more
+    seeds (redrawing single points gives the same points back: no spread to measure)."""
     sizes, errors = np.asarray(sizes, np.float64), np.asarray(errors, np.float64)
     rng = np.random.default_rng(seed)
     groups = [np.flatnonzero(sizes == size) for size in np.unique(sizes)]
+    if max(len(group) for group in groups) < 2:
+        return {name: (np.nan, np.nan) for name in ("a", "alpha", "e_inf")}
     drawn: dict[str, list[float]] = {"a": [], "alpha": [], "e_inf": []}
     for _ in range(samples):
         index = np.concatenate([rng.choice(group, len(group)) for group in groups])

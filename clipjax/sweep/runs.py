@@ -9,6 +9,7 @@ was started and stopped (preempted, or killed with the sweep) and resumes from i
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import json
 import os
 import re
@@ -23,13 +24,15 @@ from clipjax.train.workdir import SUMMARY_FILE
 
 STATUS_FILE = "sweep_status.json"  # the last exit status the sweep saw, with the run's last words
 LOG_FILE = "sweep.log"  # the run's stdout and stderr, appended on every attempt
+LOCK_FILE = "sweep.lock"  # held by the sweep process running the run
 COMPILATION_CACHE = "compilation_cache"  # shared by the sweep's runs: runs of the same shapes compile once
 STOPPED = 75  # clipjax.main's exit status after SIGTERM / SIGINT and a saved checkpoint
 
 
 @dataclasses.dataclass(frozen=True)
 class RunState:
-    """state: "done", "failed", "started" or "pending"; detail: what `--list` shows beside it."""
+    """state: "done", "changed" (finished with other arguments), "failed", "started" or "pending"; detail:
+    what `--list` shows beside it."""
 
     state: str
     detail: str = ""
@@ -75,6 +78,8 @@ def run_state(run: Run, workdir: str) -> RunState:
     directory = run_directory(workdir, run.name)
     summary = read_summary(workdir, run.name)
     if summary is not None:
+        if summary.get("arguments", clipjax_arguments(run, workdir)) != clipjax_arguments(run, workdir):
+            return RunState("changed", "finished with other settings than the sweep gives it now; runs again")
         value = summary["summary"].get(run.metric) if run.metric else None
         return RunState("done", f"{run.metric}={value:.4g}" if isinstance(value, (int, float)) else "")
     status_path = os.path.join(directory, STATUS_FILE)
@@ -92,9 +97,17 @@ class Interrupted(Exception):
     """SIGTERM / SIGINT reached the sweep; the run going then (if any) was stopped, after saving a checkpoint."""
 
 
+class Busy(Exception):
+    """Another sweep process is running this run (it holds the run's lock)."""
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)  # SIGHUP: the terminal closed
+
+
 class StopRequests:
-    """While entered: SIGTERM and SIGINT are recorded rather than ending the sweep, and passed on as SIGTERM to
-    the run going (`child`), which saves a checkpoint and exits 75. `check()` raises Interrupted once one came."""
+    """While entered: SIGTERM, SIGINT and SIGHUP are recorded rather than ending the sweep, and passed on as
+    SIGTERM to the run going (`child`), which saves a checkpoint and exits 75. `check()` raises Interrupted
+    once one came."""
 
     def __init__(self) -> None:
         self.received: list[int] = []
@@ -102,7 +115,7 @@ class StopRequests:
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> StopRequests:
-        self._previous = {sig: signal.signal(sig, self._record) for sig in (signal.SIGTERM, signal.SIGINT)}
+        self._previous = {sig: signal.signal(sig, self._record) for sig in STOP_SIGNALS}
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -127,21 +140,29 @@ def execute(run: Run, workdir: str, stops: StopRequests) -> tuple[int, str]:
       (exit status, its last words: the error line, or the log's last line).
 
     Raises:
-      Interrupted: SIGTERM or SIGINT arrived (`stops`); it was passed on to the run, which saved a checkpoint
-        and stopped.
+      Interrupted: a stop signal arrived (`stops`); it was passed on to the run, which saved a checkpoint and
+        stopped.
+      Busy: another sweep process holds the run's lock (it is running it).
     """
     stops.check()
     directory = run_directory(workdir, run.name)
     os.makedirs(directory, exist_ok=True)
     argv = [sys.executable, "-m", "clipjax.main", *clipjax_arguments(run, workdir)]
     log_path = os.path.join(directory, LOG_FILE)
-    with open(log_path, "a", encoding="utf-8") as log:
+    with open(os.path.join(directory, LOCK_FILE), "w") as lock, open(log_path, "a", encoding="utf-8") as log:
+        try:  # released when the file closes, also when this process dies
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise Busy(f"another sweep is running {run.name}") from None
         log.write(f"\n# {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(argv)}\n")
         log.flush()
         start = time.perf_counter()
         # Its own session: a Ctrl-C at the terminal reaches the sweep only, which passes on one SIGTERM (a second
-        # Ctrl-C would make the run stop without saving).
-        stops.child = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        # Ctrl-C would make the run stop without saving). It inherits the lock, so that the lock is held for as
+        # long as the run goes, even if this process dies first.
+        stops.child = subprocess.Popen(
+            argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, pass_fds=(lock.fileno(),)
+        )
         if stops.received:  # a signal came while the process was starting
             stops.child.send_signal(signal.SIGTERM)
         try:

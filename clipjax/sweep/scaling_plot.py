@@ -20,6 +20,8 @@ def plot_scaling(results: list[dict[str, Any]], size_axis: str, path: str) -> No
     for axis, result in zip(axes, results):
         for number, (curve, data) in enumerate(result["curves"].items()):
             colour = colours[number % len(colours)]
+            if not data["points"]:  # every point left out of the fits (fits.json names them)
+                continue
             sizes = np.array([p["size"] for p in data["points"]])
             errors = np.array([p["fitted"] for p in data["points"]])
             unique = np.unique(sizes)

@@ -81,7 +81,11 @@ class Sweep:
     fit: Fit | None = None
 
     def __post_init__(self) -> None:
+        if not self.runs or not all(isinstance(run, Run) for run in self.runs):
+            raise ConfigError("a Sweep needs a tuple of one or more clipjax.sweep.spec.Run")
         check_runs(self.runs)
+        if self.fit is not None and not isinstance(self.fit, Fit):
+            raise ConfigError(f"Sweep(fit=...) takes a clipjax.sweep.spec.Fit, not {type(self.fit).__name__}")
         if self.fit is not None and self.fit.error not in ERROR_FORMS:
             raise ConfigError(f"sweep fit: error={self.fit.error!r} is not one of {', '.join(ERROR_FORMS)}")
 
@@ -93,7 +97,7 @@ def check_runs(runs: tuple[Run, ...]) -> None:
     """Raises a one-line ConfigError for a bad name, a repeated name, an unknown dependency or a cycle."""
     names: set[str] = set()
     for run in runs:
-        if not RUN_NAME.fullmatch(run.name):
+        if not isinstance(run.name, str) or not RUN_NAME.fullmatch(run.name):
             raise ConfigError(f"sweep run name {run.name!r}: use letters, digits, '_', '-' and '.' (it is a directory)")
         if run.name in names:
             raise ConfigError(f"sweep run name {run.name!r} appears twice; every run needs its own name")

@@ -113,10 +113,14 @@ def fit_points(points: list[dict[str, Any]], fit: Fit, bootstrap: int = 1000) ->
 
 
 def _fit_curve(points: list[dict[str, Any]], fit: Fit, bootstrap: int) -> dict[str, Any]:
-    sizes = np.array([float(point[fit.size]) for point in points])
-    errors = np.array([point["fitted"] for point in points])
+    # A log-log fit needs positive finite errors: a diverged run (NaN) or a perfect score (error 0) is left out
+    # of the fits, and named.
+    usable = [p for p in points if math.isfinite(p["fitted"]) and p["fitted"] > 0 and float(p[fit.size]) > 0]
+    sizes = np.array([float(point[fit.size]) for point in usable])
+    errors = np.array([point["fitted"] for point in usable])
     result: dict[str, Any] = {
-        "points": [{"size": s, "seed": point.get(fit.seed), "fitted": e} for s, e, point in zip(sizes, errors, points)]
+        "points": [{"size": s, "seed": p.get(fit.seed), "fitted": e} for s, e, p in zip(sizes, errors, usable)],
+        "left_out": [{"run": p["run"], "fitted": p["fitted"]} for p in points if p not in usable],
     }
     for name, law_fit in (("power", fits.fit_power_law), ("saturating", fits.fit_saturating)):
         try:
@@ -149,18 +153,17 @@ def _efficiency(curves: dict[str, dict[str, Any]], pair: tuple[str, str] | None)
     error_a = np.array([p["fitted"] for p in a["points"]])
     size_b = np.array([p["size"] for p in b["points"]])
     error_b = np.array([p["fitted"] for p in b["points"]])
-    rows = []
+    rows: list[dict[str, Any]] = []
     for size in np.unique(size_b):
         target = float(error_b[size_b == size].mean())
         row: dict[str, Any] = {"a": pair[0], "b": pair[1], "size_b": float(size), "error": target}
         for kind in ("power", "saturating"):
             law_a, law_b = law_of(a, kind), law_of(b, kind)
             row[f"fit_{kind}"] = fits.efficiency_ratio(law_a, law_b, target) if law_a and law_b else None
-        row["interpolated"] = (
-            fits.interpolated_data_for_error(size_a, error_a, target) / float(size)
-            if len(np.unique(size_a)) > 1
-            else None
-        )
+        try:
+            row["interpolated"] = fits.interpolated_data_for_error(size_a, error_a, target) / float(size)
+        except ValueError:  # fewer than two sizes on curve a
+            row["interpolated"] = None
         rows.append(row)
     return rows
 
@@ -220,6 +223,10 @@ def format_table(results: list[dict[str, Any]], fit: Fit) -> str:
                 else f"  ({saturating['skipped'][:40]})"
             )
             lines.append(f"  {curve:<12} {len(data['points']):>6}  {power_text}  {saturating_text}")
+            for dropped in data["left_out"]:
+                lines.append(
+                    f"    left out of the fits: {dropped['run']} (error {dropped['fitted']}: not positive and finite)"
+                )
         for row in result["efficiency"]:
             at = f"E*={row['error']:.4g} ({row['b']} at {row['size_b']:,.0f})"
             lines.append(

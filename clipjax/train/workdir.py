@@ -44,14 +44,15 @@ def save_config(config: ConfigDict, workdir: str) -> None:
 SUMMARY_FILE = "summary.json"
 
 
-def save_summary(workdir: str, task: str, summary: dict[str, Any]) -> None:
-    """Writes `<workdir>/summary.json` atomically: {"task": str, "summary": the task's final metrics and
-    "steps", "wall_time_s" (floats / ints by name)}. It is written when a run finishes, and only then: a sweep
-    takes its presence to mean the run is done (clipjax/sweep/runs.py)."""
+def save_summary(workdir: str, task: str, summary: dict[str, Any], arguments: list[str]) -> None:
+    """Writes `<workdir>/summary.json` atomically: {"task": str, "arguments": the command line's arguments,
+    "summary": the task's final metrics and "steps", "wall_time_s" (floats / ints by name)}. It is written when
+    a run finishes, and only then: a sweep takes it to mean the run is done, if it was run with the arguments
+    the sweep would give it (clipjax/sweep/runs.py)."""
     path = os.path.join(workdir, SUMMARY_FILE)
     values = {key: value.item() if hasattr(value, "item") else value for key, value in summary.items()}
     with open(path + ".tmp", "w", encoding="utf-8") as f:
-        json.dump({"task": task, "summary": values}, f, indent=2, sort_keys=True)
+        json.dump({"task": task, "arguments": list(arguments), "summary": values}, f, indent=2, sort_keys=True)
         f.write("\n")
     os.replace(path + ".tmp", path)
 

@@ -13,9 +13,11 @@ data paths are arguments: datacomp, datacompdr (the synthetic shards joined by u
 nyu, coco; cluster picks the pretraining's mesh (configs/pretrain/vit_b16_datacompdr.py).
 
 scale=demo: the demo's smoke-sized CLIP (configs/demo.py:smoke) on subsets of the built-in scenes, `steps`
-steps each (default 250 at batch 128: 32,000 samples seen), then the demo probes; about 20 minutes on a 2-core
-CPU with the defaults. scale=smoke: the same runs shrunk to seconds each (batch 32, 4 steps, small
-evaluations), to test the machinery; its numbers mean nothing.
+steps each (default 250 at batch 128: 32,000 samples seen), then the demo probes; about 15 minutes on a 2-core
+CPU with seeds=2 (36 runs). On the built-in scenes the seed also draws the scenes, so each seed's subsets are
+nested within that seed's scenes; on shards the subsets are the same for every seed (data.subset_seed).
+scale=smoke: the same runs shrunk to seconds each (batch 32, 4 steps, small evaluations), to test the
+machinery; its numbers mean nothing.
 
 Arguments (lists join items with "+"): captions=real+synthetic; sizes (pairs, k / M / B allowed); tasks, from
 zeroshot (the pretraining's own zero-shot top-1: no further run), probe_cls, probe_seg, probe_depth (frozen
