@@ -134,7 +134,9 @@ def test_a_killed_sweep_resumes_without_rerunning_finished_runs_and_fits(tmp_pat
     (one test: its runs are the suite's costliest part, and xdist would repeat a shared fixture per worker)."""
     workdir = tmp_path / "scaling"
     command = [sys.executable, "-m", "clipjax.sweep", f"--sweep={SMOKE_SWEEP}", f"--workdir={workdir}"]
-    env = dict(os.environ, XLA_FLAGS=cpu_xla_flags(1))  # one device: the cheapest on 2 cores
+    # One device: the cheapest on 2 cores; every program cached, however fast it compiled (the eval functions
+    # too), so that the runs after the first load them all.
+    env = dict(os.environ, XLA_FLAGS=cpu_xla_flags(1), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
     first = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     finished, second = workdir / "clip_real_64_s0" / "summary.json", workdir / "clip_real_256_s0"
     deadline = time.time() + 300

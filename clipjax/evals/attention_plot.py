@@ -6,7 +6,6 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from matplotlib.figure import Figure  # the object API: no pyplot state, no display backend needed
 
 
 def plot_attention_distances(panels: list[dict[str, Any]], path: str, variant: str = "renormalised") -> None:
@@ -17,6 +16,10 @@ def plot_attention_distances(panels: list[dict[str, Any]], path: str, variant: s
         "uniform": float, the uniform-attention distance}.
       variant: which distances to draw ("renormalised" or "unrenormalised").
     """
+    # The object API: no pyplot state, no display backend needed. Imported here: matplotlib takes 0.3 s to
+    # import, and every clipjax command imports the tasks (this module among them) but few draw.
+    from matplotlib.figure import Figure
+
     figure = Figure(figsize=(3.2 * len(panels) + 0.8, 3.6), layout="constrained")
     axes = figure.subplots(1, len(panels), sharey=True, squeeze=False)[0]
     for axis, panel in zip(axes, panels):

@@ -1,7 +1,7 @@
 """Scaling-law studies from the command line.
 
   python -m clipjax.sweep --sweep=configs/scaling/FILE.py[:ARGS] --workdir=DIR [--list | --emit=shell|slurm|tpu]
-  python -m clipjax.sweep fit --workdir=DIR [--bootstrap=1000]
+  python -m clipjax.sweep fit --workdir=DIR [--bootstrap=1000]      # also writes the report, if declared
 
 The first form runs the sweep's runs that are not done, in dependency order, each as a `python -m clipjax.main`
 process in DIR/<run name>/ (its output in DIR/<run name>/sweep.log). Running it again continues: done runs
@@ -11,7 +11,8 @@ as a script (DIR/sweep.<kind>.sh) for a shell, SLURM job arrays or a TPU VM queu
 Each form records the sweep in DIR/sweep.json, which `fit` reads.
 
 `fit` collects the done runs' metrics into DIR/points.csv, fits the scaling laws (DIR/fits.json), draws
-DIR/scaling.png and prints the table.
+DIR/scaling.png and prints the table. After running, a sweep that declares a Fit is fitted so, and one that
+declares a Report writes DIR/report.md (clipjax/sweep/report.py), from the runs done.
 
 Exit status: 0 every run done (fit: written); 1 a run failed or is blocked by one, or another problem (one
 line); 2 a bad sweep file or flag (one line); 75 stopped by SIGTERM / SIGINT (run the same command again).
@@ -65,6 +66,7 @@ def save_sweep(workdir: str, spec: str, sweep: Any) -> None:
         "sweep": spec,
         "runs": [dataclasses.asdict(run) for run in sweep.runs],
         "fit": dataclasses.asdict(sweep.fit) if sweep.fit else None,
+        "report": dataclasses.asdict(sweep.report) if sweep.report else None,
     }
     path = os.path.join(workdir, SWEEP_FILE)
     try:
@@ -87,7 +89,7 @@ def _plain(value: Any) -> Any:
 
 def load_saved_sweep(workdir: str) -> tuple[str, Any]:
     """(spec, Sweep) from DIR/sweep.json. Raises a one-line UserError when DIR holds no sweep."""
-    from clipjax.sweep.spec import Fit, Run, Sweep
+    from clipjax.sweep.spec import Claim, Fit, Report, Run, Sweep
 
     path = os.path.join(workdir, SWEEP_FILE)
     if not os.path.isfile(path):
@@ -101,7 +103,11 @@ def load_saved_sweep(workdir: str) -> tuple[str, Any]:
     if fit is not None:
         fit = Fit(**{**fit, "panels": tuple(fit["panels"]),
                      "efficiency": tuple(fit["efficiency"]) if fit["efficiency"] else None})  # fmt: skip
-    return document["sweep"], Sweep(runs, fit)
+    report = document.get("report")
+    if report is not None:
+        claims = tuple(Claim(**{**c, "tasks": tuple(c["tasks"])}) for c in report["claims"])
+        report = Report(**{**report, "arms": tuple(report["arms"]), "claims": claims})
+    return document["sweep"], Sweep(runs, fit, report)
 
 
 def run_sweep(sweep: Any, workdir: str) -> int:
@@ -198,6 +204,23 @@ def emit_sweep(kind: str, spec: str, sweep: Any, workdir: str) -> int:
     return 0
 
 
+def fit_and_report(spec: str, sweep: Any, workdir: str, bootstrap: int = 1000, fitted: bool = False) -> None:
+    """After running: the fits (when the sweep declares a Fit and some points are done; `fitted`: done already)
+    and report.md (when it declares a Report), from whatever runs are done."""
+    from clipjax.sweep.report import REPORT_FILE, write_report
+    from clipjax.sweep.study import FITS_FILE, collect_points
+
+    results = None
+    if sweep.fit is not None and (fitted or collect_points(sweep.runs, sweep.fit, workdir)):
+        if not fitted:
+            fit_sweep(workdir, bootstrap)
+        with open(os.path.join(workdir, FITS_FILE), encoding="utf-8") as f:
+            results = json.load(f)["panels"]
+    if sweep.report is not None:
+        write_report(spec, sweep.runs, sweep.report, workdir, results)
+        print(f"wrote {os.path.join(workdir, REPORT_FILE)}")
+
+
 def fit_sweep(workdir: str, bootstrap: int) -> int:
     """Writes points.csv, fits.json and scaling.png for the sweep in `workdir` and prints the table."""
     from clipjax.sweep.scaling_plot import plot_scaling
@@ -244,7 +267,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 bootstrap = int(flags.get("bootstrap", 1000))
             except ValueError:
                 raise ConfigError(f"--bootstrap={flags['bootstrap']!r} is not a whole number") from None
-            return fit_sweep(flags["workdir"], bootstrap)
+            spec, sweep = load_saved_sweep(flags["workdir"])
+            if sweep.fit is not None:
+                fit_sweep(flags["workdir"], bootstrap)
+            elif sweep.report is None:
+                raise ConfigError(f"sweep {spec} declares neither a Fit nor a Report: nothing to fit or report")
+            fit_and_report(spec, sweep, flags["workdir"], bootstrap, fitted=True)
+            return 0
         flags = parse_flags(argv, {"sweep": True, "workdir": True, "list": False, "emit": True})
         if "sweep" not in flags or "workdir" not in flags:
             raise ConfigError(f"--sweep and --workdir are required; {USAGE}")
@@ -259,7 +288,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return list_sweep(sweep, workdir)
         if "emit" in flags:
             return emit_sweep(flags["emit"], spec, sweep, workdir)
-        return run_sweep(sweep, workdir)
+        status = run_sweep(sweep, workdir)
+        if status != EXIT_STOPPED:
+            fit_and_report(spec, sweep, workdir)
+        return status
     except UserError as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         return e.exit_status

@@ -74,11 +74,43 @@ class Fit:
 
 
 @dataclasses.dataclass(frozen=True)
+class Claim:
+    """A claim a study checks: arm `better` beats arm `worse` (or ties, with at_least) on each of `tasks` (the
+    Report's task axis values; () for every task both arms were measured on), by each task's metric and its
+    direction."""
+
+    text: str
+    better: str
+    worse: str
+    tasks: tuple[str, ...] = ()
+    at_least: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class Report:
+    """What `report.md` holds (clipjax/sweep/report.py): a table per value of the `task` axis with a row per
+    value of the `arm` axis (in the order `arms`, then any other) over the `seed` axis, the fit's picture, the
+    attention-distance picture of run `attention`, and a line per claim (`efficiency_claim`: the fit's
+    data-efficiency ratio above 1)."""
+
+    title: str
+    arm: str = "arm"
+    task: str = "task"
+    seed: str = "seed"
+    arms: tuple[str, ...] = ()
+    claims: tuple[Claim, ...] = ()
+    efficiency_claim: str | None = None
+    attention: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
 class Sweep:
-    """A sweep file's declaration: its runs (in any order; they run in dependency order) and its fit."""
+    """A sweep file's declaration: its runs (in any order; they run in dependency order), its fit and its
+    report."""
 
     runs: tuple[Run, ...]
     fit: Fit | None = None
+    report: Report | None = None
 
     def __post_init__(self) -> None:
         if not self.runs or not all(isinstance(run, Run) for run in self.runs):
@@ -86,6 +118,10 @@ class Sweep:
         check_runs(self.runs)
         if self.fit is not None and not isinstance(self.fit, Fit):
             raise ConfigError(f"Sweep(fit=...) takes a clipjax.sweep.spec.Fit, not {type(self.fit).__name__}")
+        if self.report is not None and not isinstance(self.report, Report):
+            raise ConfigError(f"Sweep(report=...) takes a clipjax.sweep.spec.Report, not {type(self.report).__name__}")
+        if self.report is not None and self.report.attention and self.report.attention not in self.by_name():
+            raise ConfigError(f"sweep report: its attention run {self.report.attention!r} is not a run of the sweep")
         if self.fit is not None and self.fit.error not in ERROR_FORMS:
             raise ConfigError(f"sweep fit: error={self.fit.error!r} is not one of {', '.join(ERROR_FORMS)}")
 

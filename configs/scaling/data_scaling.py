@@ -50,7 +50,9 @@ SCALES = {  # default sizes, tasks and pretraining steps
     "smoke": ("64+256", "zeroshot", 4),
 }
 # scale=smoke: the demo's runs shrunk to seconds each (for tests): smaller batches and evaluations.
-SMOKE_PRETRAINING = {"batch_size": 32, "eval.zeroshot.num_examples": 96, "eval.zeroshot.batch_size": 96}
+SMOKE_PRETRAINING = {
+    "batch_size": 32, "eval.zeroshot.num_examples": 96, "eval.zeroshot.batch_size": 96, "checkpoint_every": 1000,
+}  # fmt: skip
 SMOKE_TASK = {"data.synthetic.num_examples": 192, "finetune.eval_examples": 96, "probe.steps": 50}
 CAPTIONS = ("real", "synthetic", "mixed", "both")
 
