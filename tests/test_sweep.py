@@ -257,3 +257,15 @@ def test_fit_leaves_out_points_it_cannot_fit_and_names_them(monkeypatch):
     assert [p["run"] for p in curve["left_out"]] == ["a_3", "a_4"] and len(curve["points"]) == 2
     assert np.isnan(curve["power"]["bootstrap"]["alpha"][0])  # one seed per size: no spread to draw from
     assert "left out of the fits: a_3" in study.format_table([panel], fit)
+
+
+def test_the_miniature_calibration_sweep_probes_every_arm_and_random_weights():
+    sweep = load_sweep("configs/study/miniature_calibration.py:seeds=1")
+    runs = sweep.by_name()
+    assert len(runs) == 3 + 4 * 2  # three pretrainings; four arms x two probes
+    random_depth = runs["probe_depth_random_s0"]
+    assert random_depth.init_from is None and random_depth.overrides["model.image.width"] == 64
+    assert runs["probe_segment_mae_s0"].init_from == "mae_s0"
+    assert runs["clip_quality_s0"].overrides["data.synthetic.caption_detail"] == "full"
+    assert all(run.overrides["data.synthetic.perspective"] for run in runs.values())
+    assert [claim.worse for claim in sweep.report.claims[:3]] == ["random"] * 3

@@ -78,7 +78,9 @@ def run_state(run: Run, workdir: str) -> RunState:
     directory = run_directory(workdir, run.name)
     summary = read_summary(workdir, run.name)
     if summary is not None:
-        if summary.get("arguments", clipjax_arguments(run, workdir)) != clipjax_arguments(run, workdir):
+        expected = clipjax_arguments(run, workdir)
+        # In any order: each override sets its own key, so a sweep file that lists them otherwise runs the same.
+        if sorted(summary.get("arguments", expected)) != sorted(expected):
             return RunState("changed", "finished with other settings than the sweep gives it now; runs again")
         value = summary["summary"].get(run.metric) if run.metric else None
         return RunState("done", f"{run.metric}={value:.4g}" if isinstance(value, (int, float)) else "")
