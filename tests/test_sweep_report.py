@@ -66,3 +66,8 @@ def test_the_report_reads_the_runs_metrics_and_judges_each_claim(tmp_path):
     assert "- **MAE >= CLIP on detection**: does not hold" in lines
     assert "- **quality captions are more data-efficient**: holds" in lines
     assert "D_noisy / D_quality = 3.2x, 2.5x" in text
+    # With one seed per arm there is no spread: the gap is not called clear.
+    single = tuple(run for run in runs if run.axes["seed"] == 0)
+    text = write_report("study.py", single, report, str(tmp_path), None)
+    seg = next(line for line in text.splitlines() if line.startswith("  - seg (eval/miou)"))
+    assert seg.startswith("  - seg (eval/miou): holds, one seed: no spread to judge the gap by: quality 0.42")

@@ -99,7 +99,8 @@ def task_table(task: str, entry: dict[str, Any], order: tuple[str, ...]) -> list
 
 def judge(claim: Claim, results: dict[str, dict[str, Any]]) -> list[str]:
     """The claim's lines: per task whether `claim.better` beats `claim.worse` (or ties, with at_least), with
-    both arms' mean ± std; "clearly" where the gap exceeds the two spreads together."""
+    both arms' mean ± std; "clearly" where the gap exceeds the two spreads together (with two or more seeds
+    each; with one, the line says the gap cannot be judged)."""
     tasks = claim.tasks or tuple(t for t, e in results.items() if {claim.better, claim.worse} <= set(e["arms"]))
     verdicts, lines = [], []
     for task in tasks:
@@ -112,8 +113,11 @@ def judge(claim: Claim, results: dict[str, dict[str, Any]]) -> list[str]:
         )
         gap = (mean_b - mean_a) if entry["smaller_is_better"] else (mean_a - mean_b)
         holds = gap >= 0 if claim.at_least else gap > 0
-        clearly = abs(gap) > std_a + std_b
-        verdict = ("holds" if holds else "does not hold") + (" clearly" if clearly else ", within the seeds' spread")
+        if min(n_a, n_b) < 2:  # one seed has no spread: how clear the gap is cannot be told
+            qualifier = ", one seed: no spread to judge the gap by"
+        else:
+            qualifier = " clearly" if abs(gap) > std_a + std_b else ", within the seeds' spread"
+        verdict = ("holds" if holds else "does not hold") + qualifier
         verdicts.append(holds)
         lines.append(
             f"  - {task} ({entry['metric']}): {verdict}: {claim.better} {_number(mean_a, std_a)} (n={n_a}) against "
