@@ -18,7 +18,7 @@ from clipjax.config import ConfigError
 from clipjax.sweep import study
 from clipjax.sweep.emit import emit
 from clipjax.sweep.runs import Busy, StopRequests, clipjax_arguments, execute, run_state
-from clipjax.sweep.spec import Fit, Run, Sweep, count, dependency_order, items, load_sweep
+from clipjax.sweep.spec import Claim, Fit, Report, Run, Sweep, count, dependency_order, items, load_sweep
 from clipjax.sweep.study import collect_points, fit_points
 from tests.conftest import REPO_ROOT
 from tests.xla_flags import cpu_xla_flags
@@ -161,9 +161,8 @@ def test_a_killed_sweep_resumes_without_rerunning_finished_runs_and_fits(tmp_pat
         rows = [json.loads(line) for line in (workdir / name / "metrics.jsonl").read_text().splitlines()]
         assert [row["data/epochs"] for row in rows if "data/epochs" in row][-1] == epochs
 
-    result = sweep_command("fit", f"--workdir={workdir}", "--bootstrap=20")
-    assert result.returncode == 0, result.stderr
-    assert "fitted: E = 1 - eval/zeroshot_top1" in result.stdout
+    # The sweep declares a Fit, so finishing it fitted the points too (what `python -m clipjax.sweep fit` does).
+    assert "fitted: E = 1 - eval/zeroshot_top1" in resumed.stdout
     with open(workdir / "points.csv", newline="") as f:
         points = list(csv.DictReader(f))
     assert len(points) == 4
@@ -269,3 +268,34 @@ def test_the_miniature_calibration_sweep_probes_every_arm_and_random_weights():
     assert runs["clip_quality_s0"].overrides["data.synthetic.caption_detail"] == "full"
     assert all(run.overrides["data.synthetic.perspective"] for run in runs.values())
     assert [claim.worse for claim in sweep.report.claims[:3]] == ["random"] * 3
+
+
+def test_fit_reads_the_saved_sweep_back_and_writes_fits_picture_and_report(tmp_path, capsys):
+    """`python -m clipjax.sweep fit` in-process on runs written by hand: sweep.json (Fit and Report with their
+    tuples) read back, points from the summaries, report.md from the metrics.jsonl files."""
+    from clipjax.sweep.__main__ import main as sweep_main
+    from clipjax.sweep.__main__ import save_sweep
+
+    runs = []
+    for curve, offset in (("real", 0.0), ("synthetic", 0.05)):
+        for size in (100, 1000, 10000):
+            name = f"{curve}_{size}"
+            miou = 0.3 + offset + 0.05 * np.log10(size)
+            directory = tmp_path / name
+            directory.mkdir()
+            summary = {"task": "probe", "summary": {"eval/miou": miou}}  # no arguments: an older clipjax's
+            (directory / "summary.json").write_text(json.dumps(summary))
+            (directory / "config.json").write_text(json.dumps({"task": "probe"}))
+            (directory / "metrics.jsonl").write_text(json.dumps({"step": 0, "eval/miou": miou}) + "\n")
+            runs.append(Run(name, "x.py", axes={"captions": curve, "pairs": size, "seed": 0, "task": "seg"},
+                            metric="eval/miou"))  # fmt: skip
+    report = Report("Study", arm="captions", claims=(Claim("synthetic beats real", "synthetic", "real"),),
+                    efficiency_claim="synthetic is more data-efficient")  # fmt: skip
+    fit = Fit(size="pairs", curve="captions", panels=("task",), efficiency=("real", "synthetic"))
+    save_sweep(str(tmp_path), "study.py", Sweep(tuple(runs), fit, report))
+    assert sweep_main(["fit", f"--workdir={tmp_path}", "--bootstrap=5"]) == 0
+    assert "task=seg: eval/miou (fitted: E = 1 - eval/miou, D = pairs)" in capsys.readouterr().out
+    assert len((tmp_path / "points.csv").read_text().splitlines()) == 1 + 6
+    assert (tmp_path / "scaling.png").read_bytes()[:4] == b"\x89PNG"
+    text = (tmp_path / "report.md").read_text()
+    assert "- **synthetic beats real**: holds" in text and "- **synthetic is more data-efficient**: holds" in text

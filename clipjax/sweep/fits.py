@@ -13,6 +13,7 @@ Metrics where larger is better (mIoU, AP, top-1) are fitted as their error 1 - m
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from typing import Callable
 
 import numpy as np
@@ -94,9 +95,12 @@ def fit_saturating(sizes: np.ndarray, errors: np.ndarray) -> ScalingLaw:
     alpha0 = min(max(start.alpha, 1e-3), 4.9)
     initial = [0.1 * float(errors.min()), np.log(start.a) - alpha0 * np.log(scale), alpha0]
     try:
-        params, covariance = scipy.optimize.curve_fit(
-            law, sizes / scale, np.log(errors), p0=initial, bounds=(lower, upper), maxfev=20_000
-        )
+        with warnings.catch_warnings():
+            # Three sizes fit three parameters exactly: no covariance, which the standard errors report as nan.
+            warnings.simplefilter("ignore", scipy.optimize.OptimizeWarning)
+            params, covariance = scipy.optimize.curve_fit(
+                law, sizes / scale, np.log(errors), p0=initial, bounds=(lower, upper), maxfev=20_000
+            )
     except RuntimeError as error:
         raise ValueError(f"the saturating fit did not converge: {error}") from None
     e_inf, log_a, alpha = params

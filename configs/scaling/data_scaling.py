@@ -16,7 +16,7 @@ scale=demo: the demo's smoke-sized CLIP (configs/demo.py:smoke) on subsets of th
 steps each (default 250 at batch 128: 32,000 samples seen), then the demo probes; about 15 minutes on a 2-core
 CPU with seeds=2 (36 runs). On the built-in scenes the seed also draws the scenes, so each seed's subsets are
 nested within that seed's scenes; on shards the subsets are the same for every seed (data.subset_seed).
-scale=smoke: the same runs shrunk to seconds each (batch 32, 4 steps, small evaluations), to test the
+scale=smoke: the same runs shrunk to seconds each (batch 32, 4 steps, one-block towers, small evaluations), to test the
 machinery; its numbers mean nothing.
 
 Arguments (lists join items with "+"): captions=real+synthetic; sizes (pairs, k / M / B allowed); tasks, from
@@ -52,6 +52,7 @@ SCALES = {  # default sizes, tasks and pretraining steps
 # scale=smoke: the demo's runs shrunk to seconds each (for tests): smaller batches and evaluations.
 SMOKE_PRETRAINING = {
     "batch_size": 32, "eval.zeroshot.num_examples": 96, "eval.zeroshot.batch_size": 96, "checkpoint_every": 1000,
+    "model.image.depth": 1, "model.text.depth": 1,  # one block each: the compile is most of a run's cost
 }  # fmt: skip
 SMOKE_TASK = {"data.synthetic.num_examples": 192, "finetune.eval_examples": 96, "probe.steps": 50}
 CAPTIONS = ("real", "synthetic", "mixed", "both")
