@@ -54,6 +54,14 @@ def test_the_efficiency_ratio_of_two_known_laws_is_exact():
         assert efficiency_ratio(web, quality, error) == pytest.approx(10.0, rel=1e-12)
     floored = ScalingLaw("saturating", a=5.0, alpha=0.5, e_inf=0.1)
     assert floored.data_for_error(0.1) == np.inf and floored.data_for_error(0.6) == pytest.approx(100.0)
+    # Nearly flat laws: each size overflows a float (D = (a / E)^(1 / alpha)), their ratio does not. With the same
+    # alpha the ratio is (a_a / a_b)^(1 / alpha): here exp(0.001 / 1e-5) = exp(100).
+    flat_a, flat_b = ScalingLaw("power", a=0.9 * np.exp(0.001), alpha=1e-5), ScalingLaw("power", a=0.9, alpha=1e-5)
+    assert flat_a.data_for_error(0.8) == np.inf
+    assert efficiency_ratio(flat_a, flat_b, 0.8) == pytest.approx(np.exp(100.0), rel=1e-6)
+    # A curve whose error rises with the data reaches no error by more data: no ratio rather than 0 or inf.
+    rising = ScalingLaw("power", a=0.7, alpha=-0.01)
+    assert np.isnan(rising.data_for_error(0.8)) and np.isnan(efficiency_ratio(web, rising, 0.3))
     # Fit-free: interpolation in log-log is exact on the points of a power law.
     sizes = np.logspace(6, 9, 4)
     assert interpolated_data_for_error(sizes, web(sizes), 0.3) == pytest.approx(web.data_for_error(0.3), rel=1e-9)

@@ -55,15 +55,20 @@ def test_the_report_reads_the_runs_metrics_and_judges_each_claim(tmp_path):
             row = f"| {arm} | {np.mean(values):.4g} ± {np.std(values, ddof=1):.2g} | 3 |"
             assert row in text, row
     assert "### depth: eval/rmse (lower is better)" in text
+    # The summary table: a column per task, the same numbers.
+    assert "| arm | seg (eval/miou) | depth (eval/rmse ↓) | det (eval/box_ap) |" in text
+    cells = [f"{np.mean(v):.4g} ± {np.std(v, ddof=1):.2g}" for v in VALUES["mae"].values()]
+    assert f"| mae | {' | '.join(cells)} |" in text
     lines = text.splitlines()
-    assert "- **quality > noisy**: holds on 2 of 3 tasks" in lines  # seg and depth hold; det is within noise
+    # seg and depth hold, clearly; det is within noise
+    assert "- **quality > noisy**: holds on 2 of 3 tasks (the gap beyond the seeds' spread on 2 of 3)" in lines
     seg = next(line for line in lines if line.startswith("  - seg (eval/miou)"))
     assert "holds clearly" in seg
     depth = next(line for line in lines if line.startswith("  - depth (eval/rmse)"))
     assert "holds clearly" in depth  # a smaller rmse is the better one
     det = next(line for line in lines if line.startswith("  - det (eval/box_ap)") and "against noisy" in line)
     assert "does not hold, within the seeds' spread" in det
-    assert "- **MAE >= CLIP on detection**: does not hold" in lines
+    assert "- **MAE >= CLIP on detection**: does not hold (the gap beyond the seeds' spread on every task)" in lines
     assert "- **quality captions are more data-efficient**: holds" in lines
     assert "D_noisy / D_quality = 3.2x, 2.5x" in text
     # With one seed per arm there is no spread: the gap is not called clear.
@@ -71,3 +76,28 @@ def test_the_report_reads_the_runs_metrics_and_judges_each_claim(tmp_path):
     text = write_report("study.py", single, report, str(tmp_path), None)
     seg = next(line for line in text.splitlines() if line.startswith("  - seg (eval/miou)"))
     assert seg.startswith("  - seg (eval/miou): holds, one seed: no spread to judge the gap by: quality 0.42")
+
+
+def test_the_attention_section_averages_each_arms_towers_and_judges_locality(tmp_path):
+    """attention_distance.json written by hand ([blocks, heads] means per tower): the table's cells are numpy's
+    means over heads then seeds, and the locality claim reads the last block's."""
+    rng = np.random.default_rng(0)
+    runs, checkpoints, last_block = [], [], {}
+    for arm, centre in (("quality", 9.0), ("noisy", 12.0)):
+        for seed in range(2):
+            means = centre + rng.normal(0, 0.3, (2, 4))  # 2 blocks x 4 heads
+            runs.append(Run(f"{arm}_s{seed}", "x.py", axes={"arm": arm, "seed": seed}))
+            checkpoints.append({"init": str(tmp_path / f"{arm}_s{seed}"), "renormalised": {
+                "mean": means.tolist(), "across_head_std": means.std(axis=1).tolist()}})  # fmt: skip
+            last_block.setdefault(arm, []).append(means[-1].mean())
+    (tmp_path / "attention").mkdir()
+    (tmp_path / "attention" / "attention_distance.json").write_text(json.dumps({"checkpoints": checkpoints}))
+    runs.append(Run("attention", "x.py"))
+    claim = Claim("quality is more local", "quality", "noisy", ("attention",))
+    report = Report("Attention", arms=("quality", "noisy"), claims=(claim,), attention="attention")
+    text = write_report("study.py", tuple(runs), report, str(tmp_path), None)
+    quality = [float(np.mean(m)) for m in last_block["quality"]]
+    row = next(line for line in text.splitlines() if line.startswith("| quality |"))
+    assert f"| {np.mean(quality):.4g} ± {np.std(quality, ddof=1):.2g} |" in row
+    assert "- **quality is more local**: holds (the gap beyond the seeds' spread on every task)" in text.splitlines()
+    assert "attention (last block's mean attention distance, px): holds clearly" in text

@@ -239,7 +239,7 @@ def fit_sweep(workdir: str, bootstrap: int) -> int:
     if sweep.fit is None:
         raise ConfigError(f"sweep {spec} declares no Fit: say which axes are the size and the curves in its file")
     points = collect_points(sweep.runs, sweep.fit, workdir)
-    wanted = sum(1 for run in sweep.runs if run.metric)
+    wanted = sum(1 for run in sweep.runs if run.metric and sweep.fit.size in run.axes)
     if not points:
         raise UserError(f"no run of sweep {spec} with a metric is done yet ({wanted} will be points)")
     write_points(points, os.path.join(workdir, POINTS_FILE))

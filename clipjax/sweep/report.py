@@ -1,7 +1,8 @@
 """A study's report (`<workdir>/report.md`): per task a table of every arm's final metric (mean ± std over
-seeds), read back from the runs' own metrics.jsonl; the scaling picture and data-efficiency ratios of the
-study's fit; its attention-distance picture; and one line per claim saying whether the study agrees, with the
-numbers. A claim that does not hold is written as not holding: nothing here is tuned to a claim.
+seeds), read back from the runs' own metrics.jsonl, and one table of every task; the scaling picture and
+data-efficiency ratios of the study's fit; its attention-distance picture and per-block table; and one line per
+claim saying whether the study agrees, with the numbers. A claim that does not hold is written as not
+holding: nothing here is tuned to a claim.
 """
 
 from __future__ import annotations
@@ -20,9 +21,11 @@ from clipjax.sweep.runs import run_directory
 from clipjax.sweep.spec import Claim, Report, Run
 from clipjax.tasks import get_task
 from clipjax.tasks.analyze import PICTURE_FILE as ATTENTION_PICTURE_FILE
+from clipjax.tasks.analyze import RESULTS_FILE as ATTENTION_RESULTS_FILE
 from clipjax.train.metrics import METRICS_FILE
 
 REPORT_FILE = "report.md"
+ATTENTION_TASK = "attention"  # the task name of the attention claim: the last block's mean distance, in pixels
 
 
 def final_value(workdir: str, name: str, metric: str) -> float | None:
@@ -97,12 +100,28 @@ def task_table(task: str, entry: dict[str, Any], order: tuple[str, ...]) -> list
     return lines + [""]
 
 
+def summary_table(results: dict[str, dict[str, Any]], order: tuple[str, ...]) -> list[str]:
+    """One markdown table of every task: a row per arm, a column per task (its metric, with "↓" where smaller
+    is better), each cell the mean ± std over seeds ("-" where the arm was not measured)."""
+    tasks = list(results)
+    arms = list(dict.fromkeys(arm for entry in results.values() for arm in entry["arms"]))
+    arms = [arm for arm in order if arm in arms] + sorted(set(arms) - set(order))
+    header = [f"{t} ({results[t]['metric']}{' ↓' if results[t]['smaller_is_better'] else ''})" for t in tasks]
+    lines = ["| arm | " + " | ".join(header) + " |", "|---|" + "---|" * len(tasks)]
+    for arm in arms:
+        cells = [_number(*summary_of(results[task]["arms"][arm])[:2]) if arm in results[task]["arms"] else "-"
+                 for task in tasks]  # fmt: skip
+        lines.append(f"| {arm} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
 def judge(claim: Claim, results: dict[str, dict[str, Any]]) -> list[str]:
     """The claim's lines: per task whether `claim.better` beats `claim.worse` (or ties, with at_least), with
     both arms' mean ± std; "clearly" where the gap exceeds the two spreads together (with two or more seeds
-    each; with one, the line says the gap cannot be judged)."""
+    each; with one, the line says the gap cannot be judged). The first line sums them up, saying on how many
+    tasks the verdict is clear."""
     tasks = claim.tasks or tuple(t for t, e in results.items() if {claim.better, claim.worse} <= set(e["arms"]))
-    verdicts, lines = [], []
+    verdicts, clear, lines = [], [], []
     for task in tasks:
         entry = results.get(task)
         if entry is None or not {claim.better, claim.worse} <= set(entry["arms"]):
@@ -119,6 +138,7 @@ def judge(claim: Claim, results: dict[str, dict[str, Any]]) -> list[str]:
             qualifier = " clearly" if abs(gap) > std_a + std_b else ", within the seeds' spread"
         verdict = ("holds" if holds else "does not hold") + qualifier
         verdicts.append(holds)
+        clear.append(qualifier == " clearly")
         lines.append(
             f"  - {task} ({entry['metric']}): {verdict}: {claim.better} {_number(mean_a, std_a)} (n={n_a}) against "
             f"{claim.worse} {_number(mean_b, std_b)} (n={n_b})"
@@ -126,19 +146,74 @@ def judge(claim: Claim, results: dict[str, dict[str, Any]]) -> list[str]:
     overall = "not measured" if not verdicts else "holds" if all(verdicts) else (
         "does not hold" if not any(verdicts) else f"holds on {sum(verdicts)} of {len(verdicts)} tasks"
     )  # fmt: skip
+    if verdicts:  # how many of those verdicts are beyond the seeds' spread
+        spread = "every task" if all(clear) else f"{sum(clear)} of {len(clear)}"
+        overall += f" (the gap beyond the seeds' spread on {spread})"
     return [f"- **{claim.text}**: {overall}", *lines]
+
+
+def collect_attention(runs: tuple[Run, ...], report: Report, workdir: str) -> dict[str, list[tuple[Any, list]]]:
+    """{arm: [(seed, per-block [mean distance, across-head std] (renormalised, pixels)), ...]} from the
+    attention run's attention_distance.json, each checkpoint's arm and seed from the axes of the run whose
+    workdir it is ({} before that run is done)."""
+    path = os.path.join(run_directory(workdir, report.attention or ""), ATTENTION_RESULTS_FILE)
+    if not report.attention or not os.path.isfile(path):
+        return {}
+    by_directory = {run_directory(workdir, run.name): run for run in runs}
+    with open(path, encoding="utf-8") as f:
+        checkpoints = json.load(f)["checkpoints"]
+    towers: dict[str, list[tuple[Any, list]]] = defaultdict(list)
+    for checkpoint in checkpoints:
+        run = by_directory.get(os.path.abspath(checkpoint["init"]))
+        arm = str(run.axes.get(report.arm, run.name)) if run else os.path.basename(checkpoint["init"])
+        means = np.array(checkpoint["renormalised"]["mean"], np.float64)  # [blocks, heads]
+        spreads = checkpoint["renormalised"]["across_head_std"]  # [blocks]
+        blocks = [[float(row.mean()), float(std)] for row, std in zip(means, spreads)]
+        towers[arm].append((run.axes.get(report.seed) if run else None, blocks))
+    return towers
+
+
+def attention_lines(towers: dict[str, list[tuple[Any, list]]], order: tuple[str, ...]) -> list[str]:
+    """A markdown table: per arm, each block's mean attention distance over its heads (mean ± std over seeds)
+    and the last block's spread across heads (the diversity of its heads)."""
+    blocks = len(next(iter(towers.values()))[0][1])
+    lines = [
+        "| arm | " + " | ".join(f"block {b + 1} (px)" for b in range(blocks)) + " | last block, across heads | seeds |",
+        "|---|" + "---|" * (blocks + 2),
+    ]
+    for arm in [a for a in order if a in towers] + sorted(set(towers) - set(order)):
+        values = np.array([per_block for _, per_block in towers[arm]], np.float64)  # [seeds, blocks, 2]
+        spread = values.std(axis=0, ddof=1) if len(values) > 1 else np.zeros(values.shape[1:])
+        cells = [_number(m, s) for m, s in zip(values[:, :, 0].mean(0), spread[:, 0])]
+        last_heads = _number(values[:, -1, 1].mean(), spread[-1, 1])
+        lines.append(f"| {arm} | {' | '.join(cells)} | {last_heads} | {len(values)} |")
+    return lines + [""]
+
+
+def attention_entry(towers: dict[str, list[tuple[Any, list]]]) -> dict[str, Any]:
+    """The last block's mean attention distance per arm as a task entry of `collect_results`'s form, so that
+    `judge` can say which arm's deep heads are more local (smaller is "better": more local)."""
+    arms = {arm: [(seed, blocks[-1][0], arm) for seed, blocks in values] for arm, values in towers.items()}
+    return {"metric": "last block's mean attention distance, px", "smaller_is_better": True, "arms": arms}
 
 
 def efficiency_lines(text: str, fits_results: list[dict[str, Any]]) -> list[str]:
     """The data-efficiency claim: per fit panel, the power-law fits' D_a(E*) / D_b(E*) at the errors curve b
-    measured; it holds in a panel where every finite ratio exceeds 1."""
-    lines, verdicts = [], []
+    measured; it holds in a panel where every finite ratio exceeds 1. A panel without a ratio says why where a
+    curve's error does not fall with the data (its power law's alpha <= 0)."""
+    lines, verdicts, unmeasured = [], [], 0
     for panel in fits_results:
         ratios = [row["fit_power"] for row in panel["efficiency"] if row["fit_power"] is not None]
         ratios = [r for r in ratios if math.isfinite(r)]
         name = ", ".join(f"{k}={v}" for k, v in panel["panel"].items()) or panel["metric"]
         if not ratios:
-            lines.append(f"  - {name}: not measured (no efficiency ratio from the fits)")
+            rising = [
+                f"{curve}'s alpha = {fit['power']['alpha']:.3g}" for curve, fit in panel.get("curves", {}).items()
+                if fit.get("power", {}).get("alpha") is not None and fit["power"]["alpha"] <= 0
+            ]  # fmt: skip
+            why = f"{', '.join(rising)}: its error does not fall with the data" if rising else "no ratio from the fits"
+            lines.append(f"  - {name}: not measured ({why})")
+            unmeasured += 1
             continue
         holds = all(r > 1 for r in ratios)
         verdicts.append(holds)
@@ -151,6 +226,8 @@ def efficiency_lines(text: str, fits_results: list[dict[str, Any]]) -> list[str]
     overall = "not measured" if not verdicts else "holds" if all(verdicts) else (
         "does not hold" if not any(verdicts) else f"holds in {sum(verdicts)} of {len(verdicts)} panels"
     )  # fmt: skip
+    if verdicts and unmeasured:
+        overall += f" ({unmeasured} more not measured)"
     return [f"- **{text}**: {overall}", *lines]
 
 
@@ -170,6 +247,9 @@ def write_report(
         "## Results",
         "",
     ]
+    if results:
+        lines += ["Every task, mean ± std over seeds (the tables per task below list each seed's value):", ""]
+        lines += summary_table(results, report.arms)
     for task, entry in results.items():
         lines += task_table(task, entry, report.arms)
     if fits_results is not None:
@@ -181,12 +261,17 @@ def write_report(
             "(fits in `fits.json`, points in `points.csv`)",
             "",
         ]
-    picture = report.attention and os.path.join(report.attention, ATTENTION_PICTURE_FILE)
-    if picture and os.path.isfile(os.path.join(workdir, picture)):
+    towers = collect_attention(runs, report, workdir)
+    if towers:
+        picture = os.path.join(report.attention, ATTENTION_PICTURE_FILE)
         lines += ["## Attention distance", "", f"![attention distance]({picture})", ""]
+        lines += ["Mean attention distance (renormalised over patch keys), mean ± std over seeds:", ""]
+        lines += attention_lines(towers, report.arms)
+        results = {**results, ATTENTION_TASK: attention_entry(towers)}
     lines += ["## The paper's claims", ""]
     for claim in report.claims:
-        lines += judge(claim, results)
+        lines += judge(claim, {task: entry for task, entry in results.items() if task != ATTENTION_TASK or
+                               ATTENTION_TASK in claim.tasks})  # fmt: skip
     if report.efficiency_claim and fits_results is not None:
         lines += efficiency_lines(report.efficiency_claim, fits_results)
     text = "\n".join(lines) + "\n"

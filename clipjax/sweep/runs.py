@@ -45,11 +45,13 @@ def run_directory(workdir: str, name: str) -> str:
 
 def clipjax_arguments(run: Run, workdir: str) -> list[str]:
     """The run's `python -m clipjax.main` arguments: its config, workdir, config.init from `init_from`, the
-    sweep's shared compilation cache and no progress bar (its output goes to a log; unless the run sets
-    either) and its overrides, as Python literals."""
+    workdirs of `run_dirs`, the sweep's shared compilation cache and no progress bar (its output goes to a log;
+    unless the run sets either) and its overrides, as Python literals."""
     overrides = dict(run.overrides)
     if run.init_from:
         overrides["init"] = run_directory(workdir, run.init_from)
+    for key, names in run.run_dirs.items():
+        overrides[key] = tuple(run_directory(workdir, name) for name in names)
     overrides.setdefault("compilation_cache_dir", os.path.join(os.path.abspath(workdir), COMPILATION_CACHE))
     overrides.setdefault("progress_bar", False)
     return [

@@ -31,6 +31,8 @@ class Run:
     init_from: a run whose workdir is this run's `config.init` (a probe or finetuning of that pretraining); the
       run waits for it.
     after: other runs that must be done before this one starts.
+    run_dirs: config keys set to the workdirs of other runs, a tuple of them per key (e.g. {"analyze.inits":
+      ("clip_s0", "mae_s0")} for an analysis of both towers); the run waits for them.
     axes: the run's coordinates in the study (e.g. {"captions": "real", "samples": 1280000, "seed": 0}):
       the columns of points.csv.
     metric: the key of its summary (e.g. "eval/miou") that is its point in the study's fits; None: not a point.
@@ -41,13 +43,15 @@ class Run:
     overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
     init_from: str | None = None
     after: tuple[str, ...] = ()
+    run_dirs: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
     axes: dict[str, Any] = dataclasses.field(default_factory=dict)
     metric: str | None = None
 
     @property
     def dependencies(self) -> tuple[str, ...]:
-        """The runs that must be done first: `init_from` and `after`."""
-        return tuple(dict.fromkeys(((self.init_from,) if self.init_from else ()) + tuple(self.after)))
+        """The runs that must be done first: `init_from`, `after` and those of `run_dirs`."""
+        named = [name for names in self.run_dirs.values() for name in names]
+        return tuple(dict.fromkeys(((self.init_from,) if self.init_from else ()) + tuple(self.after) + tuple(named)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,7 +81,8 @@ class Fit:
 class Claim:
     """A claim a study checks: arm `better` beats arm `worse` (or ties, with at_least) on each of `tasks` (the
     Report's task axis values; () for every task both arms were measured on), by each task's metric and its
-    direction."""
+    direction. Task "attention" is the last block's mean attention distance of the Report's attention run
+    (smaller: more local heads); only a claim naming it reads it."""
 
     text: str
     better: str
@@ -89,9 +94,10 @@ class Claim:
 @dataclasses.dataclass(frozen=True)
 class Report:
     """What `report.md` holds (clipjax/sweep/report.py): a table per value of the `task` axis with a row per
-    value of the `arm` axis (in the order `arms`, then any other) over the `seed` axis, the fit's picture, the
-    attention-distance picture of run `attention`, and a line per claim (`efficiency_claim`: the fit's
-    data-efficiency ratio above 1)."""
+    value of the `arm` axis (in the order `arms`, then any other) over the `seed` axis, and one table of them
+    all; the fit's picture; the attention-distance picture of run `attention` with a table of each arm's mean
+    distance per block (every tower's arm and seed from the axes of the run whose workdir it is); and a line
+    per claim (`efficiency_claim`: the fit's data-efficiency ratio above 1)."""
 
     title: str
     arm: str = "arm"

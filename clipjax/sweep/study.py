@@ -46,14 +46,18 @@ def error_form(fit: Fit, task: str, metric: str) -> str:
 
 
 def collect_points(runs: tuple[Run, ...], fit: Fit, workdir: str) -> list[dict[str, Any]]:
-    """One row per done run with a metric: {"run", its axes..., "metric", "value", "fitted", "error"}.
+    """One row per done run with a metric and the fit's size axis: {"run", its axes..., "metric", "value",
+    "fitted", "error"} (a run without the size axis, e.g. a study's arm outside its scaling curves, is no point).
 
     Raises:
-      ConfigError: a done run's summary lacks its metric, or its axes lack the fit's size or curve axis.
+      ConfigError: no run has the size axis, a done run's summary lacks its metric, or a point's axes lack the
+        fit's curve or panel axes.
     """
+    if not any(fit.size in run.axes for run in runs if run.metric is not None):
+        raise ConfigError(f"sweep fit: no run with a metric has the fit's size axis {fit.size!r}")
     points = []
     for run in runs:
-        if run.metric is None:
+        if run.metric is None or fit.size not in run.axes:
             continue
         summary = read_summary(workdir, run.name)
         if summary is None:
