@@ -1,15 +1,12 @@
-"""Scaling-law sweeps (python -m clipjax.sweep): run specs, the driver killed and resumed, failures, the
-emitted cluster scripts, and `fit` on real runs' summaries."""
+"""Scaling-law sweeps (python -m clipjax.sweep): run specs, failures, locks and stops, the emitted cluster
+scripts, and `fit` on runs' summaries (a whole sweep killed, resumed and fitted: tests/test_paper_miniature.py)."""
 
-import csv
 import fcntl
 import json
 import os
 import shlex
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -21,9 +18,6 @@ from clipjax.sweep.runs import Busy, StopRequests, clipjax_arguments, execute, r
 from clipjax.sweep.spec import Claim, Fit, Report, Run, Sweep, count, dependency_order, items, load_sweep
 from clipjax.sweep.study import collect_points, fit_points
 from tests.conftest import REPO_ROOT
-from tests.xla_flags import cpu_xla_flags
-
-SMOKE_SWEEP = "configs/scaling/data_scaling.py:scale=smoke"  # 2 sizes (64, 256) x 2 policies, zero-shot points
 
 
 def sweep_command(*args):
@@ -127,57 +121,6 @@ def test_a_failed_run_is_reported_and_the_runs_not_depending_on_it_go_on(tmp_pat
     listed = sweep_command(f"--sweep={sweep_file}", f"--workdir={workdir}", "--list")
     assert "first   failed   exit 2: error: --config: no such file" in listed.stdout
     assert "child   pending" in listed.stdout
-
-
-def test_a_killed_sweep_resumes_without_rerunning_finished_runs_and_fits(tmp_path):
-    """The smoke data-scaling sweep, stopped by SIGTERM during its second run, run again to the end, then fitted
-    (one test: its runs are the suite's costliest part, and xdist would repeat a shared fixture per worker)."""
-    workdir = tmp_path / "scaling"
-    command = [sys.executable, "-m", "clipjax.sweep", f"--sweep={SMOKE_SWEEP}", f"--workdir={workdir}"]
-    # One device: the cheapest on 2 cores; every program cached, however fast it compiled (the eval functions
-    # too), so that the runs after the first load them all.
-    env = dict(os.environ, XLA_FLAGS=cpu_xla_flags(1), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
-    first = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    finished, second = workdir / "clip_real_64_s0" / "summary.json", workdir / "clip_real_256_s0"
-    deadline = time.time() + 300
-    while not (second / "config.json").exists() and first.poll() is None and time.time() < deadline:
-        time.sleep(0.1)  # the second run has begun (the first is done)
-    first.send_signal(signal.SIGTERM)
-    stopped_output = "".join(first.communicate(timeout=300))
-    assert first.returncode == 75, stopped_output
-    assert "stopped: SIGTERM during run clip_real_256_s0" in stopped_output
-    finished_at = finished.stat().st_mtime_ns
-    resumed = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-    lines = resumed.stdout.splitlines()
-    assert lines[0] == "[1/4] clip_real_64_s0: done"  # skipped: not run again
-    assert "[2/4] clip_real_256_s0: running (resuming)" in lines[1]
-    assert finished.stat().st_mtime_ns == finished_at
-    assert (workdir / "clip_real_64_s0" / "sweep.log").read_text().count("\n# ") == 1  # one attempt
-    for name in ("clip_real_256_s0", "clip_synthetic_64_s0", "clip_synthetic_256_s0"):
-        assert json.loads((workdir / name / "summary.json").read_text())["summary"]["steps"] == 4
-    # data/epochs: 4 steps of 32 pairs over a subset of 64 and of 256 pairs.
-    for name, epochs in (("clip_real_64_s0", 2.0), ("clip_synthetic_256_s0", 0.5)):
-        rows = [json.loads(line) for line in (workdir / name / "metrics.jsonl").read_text().splitlines()]
-        assert [row["data/epochs"] for row in rows if "data/epochs" in row][-1] == epochs
-
-    # The sweep declares a Fit, so finishing it fitted the points too (what `python -m clipjax.sweep fit` does).
-    assert "fitted: E = 1 - eval/zeroshot_top1" in resumed.stdout
-    with open(workdir / "points.csv", newline="") as f:
-        points = list(csv.DictReader(f))
-    assert len(points) == 4
-    for point in points:  # each value is the run's own summary, and the error fitted is 1 - it
-        summary = json.loads((workdir / point["run"] / "summary.json").read_text())["summary"]
-        assert float(point["value"]) == summary["eval/zeroshot_top1"]
-        assert float(point["fitted"]) == pytest.approx(1 - summary["eval/zeroshot_top1"])
-    fitted = json.loads((workdir / "fits.json").read_text())["panels"][0]
-    for curve in ("real", "synthetic"):
-        mine = {int(p["pairs"]): float(p["fitted"]) for p in points if p["captions"] == curve}
-        # Two sizes: the power law passes through both points (numpy: the slope in log-log).
-        alpha = -np.log(mine[256] / mine[64]) / np.log(4)
-        assert fitted["curves"][curve]["power"]["alpha"] == pytest.approx(alpha, abs=1e-9)
-        assert "3 or more data sizes" in fitted["curves"][curve]["saturating"]["skipped"]
-    assert (workdir / "scaling.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_fit_inverts_known_laws_into_their_data_efficiency(monkeypatch):
