@@ -55,6 +55,7 @@ def test_the_full_study_runs_every_arm_task_and_seed_and_analyses_every_tower():
     assert runs["clip_quality_s0"].overrides["data.synthetic.caption_detail"] == "full"
     assert runs["clip_noisy_s0"].overrides["data.captions"] == "real"
     assert sweep.fit.efficiency == ("noisy", "quality")
+    assert load_sweep(f"{STUDY}:arms=mae").fit is None  # no caption curves: nothing to fit
     with pytest.raises(ConfigError, match="below the main arms' 25600 pairs"):
         load_sweep(f"{STUDY}:steps=200,sizes=25600")
 

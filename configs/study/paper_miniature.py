@@ -8,7 +8,7 @@
       datacompdr=...,imagenet=...,ade20k=...,nyu=...,coco=...' --workdir=/shared/runs/paper --emit=slurm
 
 scale=full: 3 seeds, 400 pretraining steps of 128, detection for seed 0 (62 runs). scale=quick: 1 seed, 200
-steps, no detection (22 runs, ~6 min). scale=smoke: 1 seed, 4 steps of 32, one-block towers, small
+steps, no detection (22 runs, ~5 min). scale=smoke: 1 seed, 4 steps of 32, one-block towers, small
 evaluations, segmentation and detection only (the latter for clip_quality and mae): seconds a run, for the
 tests; its numbers mean nothing. scale=paper: ViT-B/16 CLIP on DataCompDR's synthetic captions (quality) and
 DataComp's web captions (noisy), MAE on DataComp's images at the same 1.31B samples seen (20k steps at
@@ -17,8 +17,8 @@ R-CNN; the scaling arm on 12.8M and 128M-pair subsets; Fig. 3 on ImageNet val. N
 
 On the perspective scenes (`data.synthetic.perspective`: depth shows as apparent size and height on a ground
 plane), the same tower (configs/demo.py:smoke's: 64 wide, 2 blocks, 8 px patches at 32 px) is pretrained as
-- clip_quality: CLIP on the quality captions (every object's shape, colour, size, place and depth order: the
-  DataCompDR analogue),
+- clip_quality: CLIP on the quality captions (every object's size, colour, shape and place, their relations
+  and occlusions, and the counts: the DataCompDR analogue),
 - clip_noisy: CLIP on the noisy, alt-text-like captions (the DataComp analogue),
 - mae: MAE at the same samples seen (configs/mae/demo.py:smoke's recipe),
 - (clip_bag, with arms=...: CLIP on bag-of-words captions, the right objects without their layout),
@@ -167,7 +167,8 @@ def get_sweep(arg: str | None = None) -> Sweep:
         efficiency_claim="Quality captions are more data-efficient (noisy captions need more pairs for the same "
         "error: D_noisy / D_quality > 1)" if scaling else None,
     )  # fmt: skip
-    fit = Fit(size="pairs", curve="captions", panels=("task",), efficiency=("noisy", "quality")) if sizes else None
+    curves = sizes and set(SCALED) & set(arms)  # without a CLIP arm of SCALED no run is a point of the fit
+    fit = Fit(size="pairs", curve="captions", panels=("task",), efficiency=("noisy", "quality")) if curves else None
     return Sweep(tuple(runs), fit=fit, report=report)
 
 
