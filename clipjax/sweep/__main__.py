@@ -98,7 +98,16 @@ def load_saved_sweep(workdir: str) -> tuple[str, Any]:
         )
     with open(path, encoding="utf-8") as f:
         document = json.load(f)
-    runs = tuple(Run(**{**run, "after": tuple(run["after"])}) for run in document["runs"])
+    runs = tuple(
+        Run(
+            **{
+                **run,
+                "after": tuple(run["after"]),
+                "run_dirs": {k: tuple(v) for k, v in run.get("run_dirs", {}).items()},
+            }
+        )
+        for run in document["runs"]
+    )  # JSON's lists back to the tuples a Run holds
     fit = document["fit"]
     if fit is not None:
         fit = Fit(**{**fit, "panels": tuple(fit["panels"]),
