@@ -163,6 +163,10 @@ def test_convert_then_evaluate_zero_shot_from_the_command_line(tmp_path, repo_ro
     assert status == 0, capsys.readouterr().err
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
         (row,) = [json.loads(line) for line in f]
+    with open(os.path.join(workdir, "summary.json")) as f:
+        summary = json.load(f)["summary"]
+    # Evaluation compiles no training step: the time to load the weights is named as such.
+    assert "compile_time_s" not in summary and 0 < summary["time/load_s"] < summary["wall_time_s"]
 
     from clipjax.evals.setup import imagenet_prompts
 

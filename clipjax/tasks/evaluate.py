@@ -68,7 +68,9 @@ def run(config: ConfigDict, workdir: str, mesh: Mesh) -> Metrics:
         writer.write(0, metrics)
     finally:
         writer.close()
-    return {**metrics, "steps": 0, "wall_time_s": time.perf_counter() - start, "compile_time_s": loaded - start}
+    # No training step is compiled: loading the weights is reported as what it is (the evaluator's compile
+    # falls in the rest of the wall time).
+    return {**metrics, "steps": 0, "wall_time_s": time.perf_counter() - start, "time/load_s": loaded - start}
 
 
 TASK = TaskSpec(
