@@ -213,6 +213,16 @@ def test_the_miniature_calibration_sweep_probes_every_arm_and_random_weights():
     assert [claim.worse for claim in sweep.report.claims[:3]] == ["random"] * 3
 
 
+def test_a_saved_sweep_reads_back_as_the_runs_it_was_made_of(tmp_path):
+    """sweep.json's lists become the tuples a Run holds again (after, run_dirs), so the Runs compare equal."""
+    from clipjax.sweep.__main__ import load_saved_sweep, save_sweep
+
+    runs = (Run("a", "x.py"), Run("b", "y.py", after=("a",), run_dirs={"analyze.inits": ("a",)}))
+    save_sweep(str(tmp_path), "study.py", Sweep(runs))
+    spec, loaded = load_saved_sweep(str(tmp_path))
+    assert spec == "study.py" and loaded.runs == runs
+
+
 def test_fit_reads_the_saved_sweep_back_and_writes_fits_picture_and_report(tmp_path, capsys):
     """`python -m clipjax.sweep fit` in-process on runs written by hand: sweep.json (Fit and Report with their
     tuples) read back, points from the summaries, report.md from the metrics.jsonl files."""
